@@ -1,0 +1,1 @@
+"""shipper: a Kubernetes node log shipper."""

@@ -1,0 +1,314 @@
+"""Configuration: YAML with ``${VAR}`` / ``${VAR:-default}`` expansion, validated into dataclasses.
+
+Every error names the file, the key path and what is wrong, in one line (``ConfigError``);
+unknown keys get a suggestion. Expansion happens on the text before YAML parsing, as Vector
+and Promtail's ``-config.expand-env`` do, so a variable can stand for a number or a list; a
+literal ``${`` is written ``$${``.
+"""
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from shipper.parse.records import RESERVED_KEYS, JsonOptions
+
+SINK_TYPES = ("stdout",)
+FORMATS = ("auto", "cri", "docker")
+JSON_MODES = ("top", "key", "off")
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased for the user: ``FILE: key.path: what``."""
+
+    def __init__(self, source: str, key_path: str, message: str) -> None:
+        where = f"{source}: {key_path}: " if key_path else f"{source}: "
+        super().__init__(where + message)
+
+
+@dataclass(frozen=True)
+class FilterRule:
+    action: str  # "keep": only matching records pass; "drop": matching records are dropped
+    field: str  # dotted path into the record, e.g. kubernetes.namespace_name
+    regex: re.Pattern
+
+    @property
+    def name(self) -> str:
+        return f"{self.action}:{self.field}"
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    name: str
+    paths: tuple[str, ...]
+    sinks: tuple[str, ...]
+    exclude: tuple[str, ...] = ()
+    format: str = "auto"
+    json: JsonOptions = JsonOptions()
+    filters: tuple[FilterRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    inputs: tuple[InputConfig, ...]
+    sinks: dict[str, SinkConfig]
+    node_name: str = ""
+    positions_path: str = "/var/lib/shipper/positions.json"
+    checkpoint_interval_secs: float = 5.0
+    read_from: str = "head"
+    read_chunk_bytes: int = 1 << 20
+    max_record_bytes: int = 1 << 20
+    rescan_interval_secs: float = 5.0
+    poll_interval_secs: float = 0.25
+    partial_flush_secs: float = 5.0
+    max_in_flight_bytes: int = 64 << 20
+    metrics_listen: str | None = "0.0.0.0:2020"
+    shutdown_grace_secs: float = 25.0
+
+
+_VARIABLE = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str, source: str, environ: dict[str, str] | None = None) -> str:
+    """Replace ``${VAR}`` and ``${VAR:-default}``; ``$${`` stays a literal ``${``."""
+    environ = os.environ if environ is None else environ
+
+    def replace(match: re.Match) -> str:
+        escaped, name, default = match.groups()
+        if escaped:
+            return match.group(0)[1:]
+        value = environ.get(name)
+        if value is None or (value == "" and default is not None):
+            if default is None:
+                line = text.count("\n", 0, match.start()) + 1
+                raise ConfigError(
+                    source, "", f"line {line}: environment variable {name} is not set (write ${{{name}:-default}})"
+                )
+            return default
+        return value
+
+    return _VARIABLE.sub(replace, text)
+
+
+def load_config(path: str, environ: dict[str, str] | None = None) -> Config:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise ConfigError(path, "", f"cannot read: {error.strerror}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, "", f"not UTF-8 text ({error.reason} at byte {error.start})") from error
+    return parse_config(text, path, environ)
+
+
+def parse_config(text: str, source: str, environ: dict[str, str] | None = None) -> Config:
+    text = expand_env(text, source, environ)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
+    return _Reader(source).config(data if data is not None else {})
+
+
+class _Reader:
+    """Walks the parsed YAML, checking each key against what it may be."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, message: str) -> ConfigError:
+        return ConfigError(self.source, path, message)
+
+    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a mapping, got {_kind(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path, f"key {key!r} must be a string")
+            if key not in allowed:
+                close = difflib.get_close_matches(key, allowed, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(allowed)})"
+                raise self.fail(_join(path, key), "unknown key" + hint)
+        return value
+
+    def number(self, value: Any, path: str, kind: type, minimum: float) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+            raise self.fail(path, f"must be {'a number' if kind is float else 'an integer'}, got {_kind(value)}")
+        if value < minimum:
+            raise self.fail(path, f"must be at least {minimum}, got {value}")
+        return kind(value)
+
+    def string(self, value: Any, path: str, choices: tuple[str, ...] = ()) -> str:
+        if not isinstance(value, str):
+            raise self.fail(path, f"must be a string, got {_kind(value)}")
+        if choices and value not in choices:
+            raise self.fail(path, f"must be one of {', '.join(choices)}, got '{value}'")
+        return value
+
+    def strings(self, value: Any, path: str, non_empty: bool = False) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list of strings, got {_kind(value)}")
+        if non_empty and not value:
+            raise self.fail(path, "must not be empty")
+        return tuple(self.string(item, f"{path}[{i}]") for i, item in enumerate(value))
+
+    def boolean(self, value: Any, path: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def config(self, data: Any) -> Config:
+        top = self.mapping(
+            data, "", ("node_name", "positions", "read", "buffer", "metrics", "shutdown", "inputs", "sinks")
+        )
+        settings: dict[str, Any] = {}
+        if "node_name" in top:
+            settings["node_name"] = self.string(top["node_name"], "node_name")
+        positions = self.mapping(top.get("positions", {}), "positions", ("path", "checkpoint_interval_secs"))
+        if "path" in positions:
+            settings["positions_path"] = self.string(positions["path"], "positions.path")
+        if "checkpoint_interval_secs" in positions:
+            settings["checkpoint_interval_secs"] = self.number(
+                positions["checkpoint_interval_secs"], "positions.checkpoint_interval_secs", float, 0.01
+            )
+        read_keys = {
+            "chunk_bytes": ("read_chunk_bytes", int, 4096),
+            "max_record_bytes": ("max_record_bytes", int, 1024),
+            "rescan_interval_secs": ("rescan_interval_secs", float, 0.01),
+            "poll_interval_secs": ("poll_interval_secs", float, 0.001),
+            "partial_flush_secs": ("partial_flush_secs", float, 0.01),
+        }
+        read = self.mapping(top.get("read", {}), "read", ("from", *read_keys))
+        if "from" in read:
+            settings["read_from"] = self.string(read["from"], "read.from", ("head", "tail"))
+        for key, (attribute, kind, minimum) in read_keys.items():
+            if key in read:
+                settings[attribute] = self.number(read[key], f"read.{key}", kind, minimum)
+        buffer = self.mapping(top.get("buffer", {}), "buffer", ("max_in_flight_bytes",))
+        if "max_in_flight_bytes" in buffer:
+            settings["max_in_flight_bytes"] = self.number(
+                buffer["max_in_flight_bytes"], "buffer.max_in_flight_bytes", int, 65536
+            )
+        metrics = self.mapping(top.get("metrics", {}), "metrics", ("listen",))
+        if "listen" in metrics:
+            listen = metrics["listen"]
+            settings["metrics_listen"] = None if listen is None else self.listen_address(listen, "metrics.listen")
+        shutdown = self.mapping(top.get("shutdown", {}), "shutdown", ("grace_secs",))
+        if "grace_secs" in shutdown:
+            settings["shutdown_grace_secs"] = self.number(shutdown["grace_secs"], "shutdown.grace_secs", float, 0)
+
+        sinks = self.sinks(top.get("sinks"))
+        inputs = self.inputs(top.get("inputs"), sinks)
+        return Config(source=self.source, inputs=inputs, sinks=sinks, **settings)
+
+    def listen_address(self, value: Any, path: str) -> str:
+        text = self.string(value, path)
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise self.fail(path, f"must be HOST:PORT, got '{text}'")
+        return text
+
+    def sinks(self, value: Any) -> dict[str, SinkConfig]:
+        if value is None:
+            raise self.fail("sinks", "is required: name at least one sink")
+        if not isinstance(value, dict) or not value:
+            raise self.fail("sinks", f"must be a non-empty mapping of sink names, got {_kind(value)}")
+        sinks = {}
+        for name, spec in value.items():
+            path = f"sinks.{name}"
+            spec = self.mapping(spec, path, ("type",))
+            if "type" not in spec:
+                raise self.fail(path, f"type is required (one of {', '.join(SINK_TYPES)})")
+            sinks[name] = SinkConfig(name=name, type=self.string(spec["type"], f"{path}.type", SINK_TYPES))
+        return sinks
+
+    def inputs(self, value: Any, sinks: dict[str, SinkConfig]) -> tuple[InputConfig, ...]:
+        if value is None:
+            raise self.fail("inputs", "is required: name at least one input")
+        if not isinstance(value, dict) or not value:
+            raise self.fail("inputs", f"must be a non-empty mapping of input names, got {_kind(value)}")
+        inputs = []
+        for name, spec in value.items():
+            path = f"inputs.{name}"
+            spec = self.mapping(spec, path, ("paths", "exclude", "format", "json", "filters", "sinks"))
+            for required in ("paths", "sinks"):
+                if required not in spec:
+                    raise self.fail(f"{path}.{required}", "is required")
+            sink_names = self.strings(spec["sinks"], f"{path}.sinks", non_empty=True)
+            for i, sink in enumerate(sink_names):
+                if sink not in sinks:
+                    close = difflib.get_close_matches(sink, list(sinks), n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else f" (defined: {', '.join(sinks)})"
+                    raise self.fail(f"{path}.sinks[{i}]", f"no sink named '{sink}'" + hint)
+            inputs.append(
+                InputConfig(
+                    name=name,
+                    paths=self.strings(spec["paths"], f"{path}.paths", non_empty=True),
+                    sinks=sink_names,
+                    exclude=self.strings(spec.get("exclude", []), f"{path}.exclude"),
+                    format=self.string(spec.get("format", "auto"), f"{path}.format", FORMATS),
+                    json=self.json(spec.get("json", {}), f"{path}.json"),
+                    filters=self.filters(spec.get("filters", []), f"{path}.filters"),
+                )
+            )
+        return tuple(inputs)
+
+    def json(self, value: Any, path: str) -> JsonOptions:
+        spec = self.mapping(value, path, ("mode", "key", "keep_raw"))
+        options = JsonOptions()
+        mode = self.string(spec.get("mode", options.mode), f"{path}.mode", JSON_MODES)
+        key = self.string(spec.get("key", options.key), f"{path}.key")
+        if key in RESERVED_KEYS or not key:
+            raise self.fail(f"{path}.key", f"'{key}' is one of the shipper's own keys ({', '.join(RESERVED_KEYS)})")
+        keep_raw = self.boolean(spec.get("keep_raw", options.keep_raw), f"{path}.keep_raw")
+        return JsonOptions(mode=mode, key=key, keep_raw=keep_raw)
+
+    def filters(self, value: Any, path: str) -> tuple[FilterRule, ...]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list of keep/drop rules, got {_kind(value)}")
+        rules = []
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            rule = self.mapping(item, item_path, ("keep", "drop"))
+            if len(rule) != 1:
+                raise self.fail(item_path, "must have exactly one of keep or drop")
+            (action, spec), = rule.items()
+            spec_path = f"{item_path}.{action}"
+            spec = self.mapping(spec, spec_path, ("field", "regex"))
+            for required in ("field", "regex"):
+                if required not in spec:
+                    raise self.fail(f"{spec_path}.{required}", "is required")
+            pattern = self.string(spec["regex"], f"{spec_path}.regex")
+            try:
+                regex = re.compile(pattern)
+            except re.error as error:
+                raise self.fail(f"{spec_path}.regex", f"invalid regular expression: {error}") from None
+            rules.append(FilterRule(action=action, field=self.string(spec["field"], f"{spec_path}.field"), regex=regex))
+        return tuple(rules)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,1 @@
+"""Pod metadata for records. This issue: what the log file's name tells."""

@@ -1,0 +1,1 @@
+"""Message-level parsing: turns decoded lines into records (the documented record layout)."""

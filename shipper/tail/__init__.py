@@ -1,0 +1,1 @@
+"""Finding files, following them and reading them in chunks of whole lines."""

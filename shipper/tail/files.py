@@ -1,0 +1,87 @@
+"""Finding the files of an input and reading one file in chunks of whole lines."""
+
+import fnmatch
+import glob
+import os
+
+from shipper.acks import FileAcks
+from shipper.tail.identity import FileIdentity
+
+
+def matching_paths(paths: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
+    """Files matching any glob of ``paths`` and none of ``exclude``, sorted, each once."""
+    found = set()
+    for pattern in paths:
+        for path in glob.glob(pattern):
+            if not any(fnmatch.fnmatchcase(path, ex) or fnmatch.fnmatchcase(os.path.basename(path), ex) for ex in exclude):
+                found.add(path)
+    return sorted(path for path in found if os.path.isfile(path))
+
+
+def last_line_end(fd: int, size: int) -> int:
+    """Offset just after the last newline before ``size``: where ``read.from: tail`` starts."""
+    start = max(0, size - (1 << 20))
+    tail = os.pread(fd, size - start, start)
+    newline = tail.rfind(b"\n")
+    return start + newline + 1 if newline >= 0 else start
+
+
+class TailedFile:
+    """One open log file of one input: where it was read to and what awaits acks.
+
+    ``read_offset`` is how far the file was read; ``range_start`` where the next ack range
+    begins (it lags behind ``read_offset`` while split lines wait for their last part);
+    ``acks.checkpoint`` how far every sink has confirmed. The descriptor stays open, so a
+    renamed or deleted file is still read to its end.
+    """
+
+    __slots__ = (
+        "path", "fd", "identity", "key", "input", "decoder", "kubernetes", "kubernetes_json",
+        "read_offset", "range_start", "acks", "last_data_at",
+    )
+
+    def __init__(self, path, fd, identity: FileIdentity, key, input, decoder, kubernetes, kubernetes_json,
+                 offset: int, acks: FileAcks, now: float) -> None:
+        self.path = path
+        self.fd = fd
+        self.identity = identity
+        self.key = key
+        self.input = input
+        self.decoder = decoder
+        self.kubernetes = kubernetes
+        self.kubernetes_json = kubernetes_json
+        self.read_offset = offset
+        self.range_start = offset
+        self.acks = acks
+        self.last_data_at = now
+
+    def read_lines(self, chunk_bytes: int, at_eof_take_rest: bool) -> tuple[list[bytes], int, int, bool] | None:
+        """Read the next whole lines: ``(lines without newlines, start, end, unterminated)``.
+
+        An incomplete last line waits for its newline, unless ``at_eof_take_rest`` (one-shot
+        reads), when it is returned alone with ``unterminated`` set. A line longer than a
+        whole chunk is handed out in chunk-sized pieces rather than stalling the file.
+        """
+        start = self.read_offset
+        data = os.pread(self.fd, chunk_bytes, start)
+        if not data:
+            return None
+        newline = data.rfind(b"\n")
+        unterminated = False
+        if newline >= 0:
+            lines = data[:newline].split(b"\n")
+            end = start + newline + 1
+        elif len(data) == chunk_bytes or at_eof_take_rest:
+            lines = [data]
+            end = start + len(data)
+            unterminated = len(data) < chunk_bytes
+        else:
+            return None
+        self.read_offset = end
+        return lines, start, end, unterminated
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -1,0 +1,75 @@
+"""Durable per-file positions, keyed by file identity, in one JSON file.
+
+Written atomically: a temp file in the same directory, fsync, rename over the old file,
+fsync of the directory. A crash at any instant leaves the old file or the new one, never a
+torn one. Plain JSON, not SQLite: one small file, readable with ``jq`` when debugging.
+"""
+
+import os
+import tempfile
+
+import orjson
+
+from shipper.tail.identity import FileIdentity
+
+FORMAT_VERSION = 1
+
+
+class PositionsError(Exception):
+    """The positions file exists but cannot be used."""
+
+
+def load_positions(path: str) -> dict[str, dict]:
+    """Entries by identity key: ``{"path", "dev", "ino", "fingerprint", "fingerprint_size", "offset"}``."""
+    try:
+        with open(path, "rb") as handle:
+            data = orjson.loads(handle.read())
+    except FileNotFoundError:
+        return {}
+    except (OSError, orjson.JSONDecodeError) as error:
+        raise PositionsError(f"positions file {path}: {error}") from error
+    if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
+        raise PositionsError(f"positions file {path}: not a version {FORMAT_VERSION} positions file")
+    entries = {}
+    try:
+        for entry in data["files"]:
+            identity = FileIdentity(entry["dev"], entry["ino"], entry["fingerprint"], entry["fingerprint_size"])
+            entries[identity.key] = entry
+    except (KeyError, TypeError) as error:
+        raise PositionsError(f"positions file {path}: malformed entry ({error!r})") from error
+    return entries
+
+
+def position_entry(path: str, identity: FileIdentity, offset: int) -> dict:
+    return {
+        "path": path,
+        "dev": identity.dev,
+        "ino": identity.ino,
+        "fingerprint": identity.fingerprint,
+        "fingerprint_size": identity.fingerprint_size,
+        "offset": offset,
+    }
+
+
+def save_positions(path: str, entries: list[dict]) -> None:
+    """Replace the positions file atomically with ``entries``."""
+    directory = os.path.dirname(os.path.abspath(path))
+    body = orjson.dumps({"version": FORMAT_VERSION, "files": entries}, option=orjson.OPT_INDENT_2)
+    fd, temp_path = tempfile.mkstemp(prefix=".positions-", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp_path, path)
+    except BaseException:
+        try:
+            os.unlink(temp_path)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -26,7 +26,7 @@ from shipper.parse.records import RecordBuilder
 from shipper.sinks import Sink
 from shipper.tail.files import TailedFile, last_line_end, matching_paths
 from shipper.tail.identity import identify
-from shipper.tail.positions import load_positions, position_entry, save_positions
+from shipper.tail.positions import load_positions, position_entry, position_key, save_positions
 
 log = logging.getLogger("shipper.pipeline")
 
@@ -65,7 +65,7 @@ class Pipeline:
         self.one_shot = one_shot
         self.persist_positions = persist_positions
         self.health = health or HealthState()
-        self.files: dict[str, TailedFile] = {}  # by "<input>|<identity key>"
+        self.files: dict[str, TailedFile] = {}  # by position_key
         self.in_flight_bytes = 0
         self._budget_freed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -146,7 +146,7 @@ class Pipeline:
         if identity is None:  # no complete first line yet: nothing to ship, look again later
             os.close(fd)
             return
-        key = f"{inp.config.name}|{identity.key}"
+        key = position_key(inp.config.name, identity)
         saved = self._saved_positions.pop(key, None)
         size = os.fstat(fd).st_size
         if saved is not None:
@@ -179,6 +179,8 @@ class Pipeline:
     async def _tail_loop(self) -> None:
         config = self.config
         next_rescan = time.monotonic() + config.rescan_interval_secs
+        # Runtime lines are at most 16 KiB plus framing; anything longer is not a runtime line.
+        max_line_bytes = config.read_chunk_bytes + config.max_record_bytes
         while not self._stopping.is_set():
             self.health.beat()
             now = time.monotonic()
@@ -195,7 +197,7 @@ class Pipeline:
                     await self._wait(self._budget_freed, None)
                 if self._stopping.is_set():
                     break
-                got = await asyncio.to_thread(tailed.read_lines, config.read_chunk_bytes, self.one_shot)
+                got = await asyncio.to_thread(tailed.read_lines, config.read_chunk_bytes, max_line_bytes, self.one_shot)
                 if got is not None:
                     progressed = True
                     tailed.last_data_at = now
@@ -289,9 +291,7 @@ class Pipeline:
         """Write every file's acknowledged position (if anything changed since the last write)."""
         entries = []
         for tailed in self.files.values():
-            entry = position_entry(tailed.path, tailed.identity, tailed.acks.checkpoint)
-            entry["input"] = tailed.input.config.name
-            entries.append(entry)
+            entries.append(position_entry(tailed.input.config.name, tailed.path, tailed.identity, tailed.acks.checkpoint))
             try:
                 self.metrics.file_lag.labels(path=tailed.path).set(tailed.size() - tailed.acks.checkpoint)
             except OSError:

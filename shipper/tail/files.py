@@ -55,26 +55,37 @@ class TailedFile:
         self.acks = acks
         self.last_data_at = now
 
-    def read_lines(self, chunk_bytes: int, at_eof_take_rest: bool) -> tuple[list[bytes], int, int, bool] | None:
+    def read_lines(
+        self, chunk_bytes: int, max_line_bytes: int, at_eof_take_rest: bool
+    ) -> tuple[list[bytes], int, int, bool] | None:
         """Read the next whole lines: ``(lines without newlines, start, end, unterminated)``.
 
         An incomplete last line waits for its newline, unless ``at_eof_take_rest`` (one-shot
-        reads), when it is returned alone with ``unterminated`` set. A line longer than a
-        whole chunk is handed out in chunk-sized pieces rather than stalling the file.
+        reads), when it is returned alone with ``unterminated`` set. A chunk without any
+        newline is extended until one appears; a line longer than ``max_line_bytes`` is
+        handed out in pieces rather than stalling the file or growing memory.
         """
         start = self.read_offset
         data = os.pread(self.fd, chunk_bytes, start)
+        newline = data.rfind(b"\n")
+        while newline < 0 and len(data) < max_line_bytes and len(data) % chunk_bytes == 0 and data:
+            more = os.pread(self.fd, chunk_bytes, start + len(data))
+            if not more:
+                break
+            newline = more.rfind(b"\n")
+            if newline >= 0:
+                newline += len(data)
+            data += more
         if not data:
             return None
-        newline = data.rfind(b"\n")
         unterminated = False
         if newline >= 0:
             lines = data[:newline].split(b"\n")
             end = start + newline + 1
-        elif len(data) == chunk_bytes or at_eof_take_rest:
+        elif len(data) >= max_line_bytes or at_eof_take_rest:
             lines = [data]
             end = start + len(data)
-            unterminated = len(data) < chunk_bytes
+            unterminated = len(data) < max_line_bytes
         else:
             return None
         self.read_offset = end

@@ -19,8 +19,13 @@ class PositionsError(Exception):
     """The positions file exists but cannot be used."""
 
 
+def position_key(input_name: str, identity: FileIdentity) -> str:
+    """Positions are per input: two inputs may read the same file for different sinks."""
+    return f"{input_name}|{identity.key}"
+
+
 def load_positions(path: str) -> dict[str, dict]:
-    """Entries by identity key: ``{"path", "dev", "ino", "fingerprint", "fingerprint_size", "offset"}``."""
+    """Entries by ``position_key``: ``{"input", "path", "dev", "ino", "fingerprint", "fingerprint_size", "offset"}``."""
     try:
         with open(path, "rb") as handle:
             data = orjson.loads(handle.read())
@@ -34,14 +39,15 @@ def load_positions(path: str) -> dict[str, dict]:
     try:
         for entry in data["files"]:
             identity = FileIdentity(entry["dev"], entry["ino"], entry["fingerprint"], entry["fingerprint_size"])
-            entries[identity.key] = entry
+            entries[position_key(entry["input"], identity)] = entry
     except (KeyError, TypeError) as error:
         raise PositionsError(f"positions file {path}: malformed entry ({error!r})") from error
     return entries
 
 
-def position_entry(path: str, identity: FileIdentity, offset: int) -> dict:
+def position_entry(input_name: str, path: str, identity: FileIdentity, offset: int) -> dict:
     return {
+        "input": input_name,
         "path": path,
         "dev": identity.dev,
         "ino": identity.ino,

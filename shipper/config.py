@@ -177,7 +177,7 @@ class _Reader:
             data, "", ("node_name", "positions", "read", "buffer", "metrics", "shutdown", "inputs", "sinks")
         )
         settings: dict[str, Any] = {}
-        if "node_name" in top:
+        if top.get("node_name") is not None:  # `${NODE_NAME:-}` leaves it empty: unknown node
             settings["node_name"] = self.string(top["node_name"], "node_name")
         positions = self.mapping(top.get("positions", {}), "positions", ("path", "checkpoint_interval_secs"))
         if "path" in positions:

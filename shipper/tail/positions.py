@@ -5,6 +5,7 @@ fsync of the directory. A crash at any instant leaves the old file or the new on
 torn one. Plain JSON, not SQLite: one small file, readable with ``jq`` when debugging.
 """
 
+import glob
 import os
 import tempfile
 
@@ -13,6 +14,7 @@ import orjson
 from shipper.tail.identity import FileIdentity
 
 FORMAT_VERSION = 1
+_TEMP_PREFIX = ".positions-"
 
 
 class PositionsError(Exception):
@@ -25,7 +27,13 @@ def position_key(input_name: str, identity: FileIdentity) -> str:
 
 
 def load_positions(path: str) -> dict[str, dict]:
-    """Entries by ``position_key``: ``{"input", "path", "dev", "ino", "fingerprint", "fingerprint_size", "offset"}``."""
+    """Entries by ``position_key``: ``{"input", "path", "dev", "ino", "fingerprint", "fingerprint_size", "offset"}``.
+
+    Temp files left by a write that was killed midway are removed: the old file is intact.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    for stale in glob.glob(os.path.join(glob.escape(directory), _TEMP_PREFIX + "*")):
+        os.unlink(stale)
     try:
         with open(path, "rb") as handle:
             data = orjson.loads(handle.read())
@@ -61,7 +69,7 @@ def save_positions(path: str, entries: list[dict]) -> None:
     """Replace the positions file atomically with ``entries``."""
     directory = os.path.dirname(os.path.abspath(path))
     body = orjson.dumps({"version": FORMAT_VERSION, "files": entries}, option=orjson.OPT_INDENT_2)
-    fd, temp_path = tempfile.mkstemp(prefix=".positions-", dir=directory)
+    fd, temp_path = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(body)

@@ -1,0 +1,82 @@
+"""Configuration: env expansion, validation, and errors that name the file and the key."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+from shipper.config import ConfigError, expand_env, load_config, parse_config
+
+MINIMAL = """
+inputs:
+  app: {paths: [/var/log/containers/*.log], sinks: [out]}
+sinks:
+  out: {type: stdout}
+"""
+
+
+def test_minimal_config_gets_documented_defaults():
+    config = parse_config(MINIMAL, "c.yaml")
+    (inp,) = config.inputs
+    assert inp.name == "app" and inp.sinks == ("out",) and inp.format == "auto" and inp.json.mode == "top"
+    assert config.read_from == "head" and config.max_record_bytes == 1 << 20
+
+
+def test_env_expansion_with_defaults_and_escapes():
+    env = {"NODE": "node-1", "EMPTY": ""}
+    text = "a: ${NODE}\nb: ${MISSING:-fallback}\nc: ${EMPTY:-used}\nd: $${NODE}"
+    assert expand_env(text, "c.yaml", env) == "a: node-1\nb: fallback\nc: used\nd: ${NODE}"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (MINIMAL + "read: {chunk_byte: 10}\n", "c.yaml: read.chunk_byte: unknown key (did you mean 'chunk_bytes'?)"),
+        (MINIMAL.replace("sinks: [out]}", "sinks: [out], fromat: cri}"),
+         "c.yaml: inputs.app.fromat: unknown key (did you mean 'format'?)"),
+        (MINIMAL.replace("sinks: [out]}", "sinks: [es]}"), "c.yaml: inputs.app.sinks[0]: no sink named 'es' (defined: out)"),
+        (MINIMAL + "read: {from: middle}\n", "c.yaml: read.from: must be one of head, tail, got 'middle'"),
+        (MINIMAL + "read: {chunk_bytes: lots}\n", "c.yaml: read.chunk_bytes: must be an integer, got a string"),
+        (MINIMAL + "buffer: {max_in_flight_bytes: 10}\n", "c.yaml: buffer.max_in_flight_bytes: must be at least 65536, got 10"),
+        (MINIMAL.replace("{type: stdout}", "{type: kafka}"), "c.yaml: sinks.out.type: must be one of stdout, got 'kafka'"),
+        (MINIMAL.replace("{type: stdout}", "{}"), "c.yaml: sinks.out: type is required (one of stdout)"),
+        (MINIMAL.replace("sinks: [out]}", "sinks: [out], filters: [{drop: {field: log, regex: '('}}]}"),
+         "c.yaml: inputs.app.filters[0].drop.regex: invalid regular expression: missing ), unterminated subpattern"),
+        (MINIMAL.replace("sinks: [out]}", "sinks: [out], json: {key: stream}}"),
+         "c.yaml: inputs.app.json.key: 'stream' is one of the shipper's own keys"),
+        (MINIMAL + "metrics: {listen: nowhere}\n", "c.yaml: metrics.listen: must be HOST:PORT, got 'nowhere'"),
+        ("sinks:\n  out: {type: stdout}\n", "c.yaml: inputs: is required"),
+        ("inputs: [\n", "c.yaml: invalid YAML: line 2, column 1"),
+        ("node_name: ${NODE_NAME}\n" + MINIMAL, "c.yaml: line 1: environment variable NODE_NAME is not set"),
+        ("- a list\n", "c.yaml: must be a mapping, got a list"),
+    ],
+)
+def test_errors_name_the_file_and_the_key(text, message):
+    with pytest.raises(ConfigError) as error:
+        parse_config(text, "c.yaml", environ={})
+    assert str(error.value).startswith(message)
+
+
+def test_unreadable_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read: No such file"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "config", "*.yaml"))))
+def test_example_configs_are_valid(path):
+    result = subprocess.run([sys.executable, "-m", "shipper", "check-config", path], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{path}: ok")
+
+
+def test_check_config_reports_one_line_and_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MINIMAL + "positions: {paht: /tmp/x}\n")
+    result = subprocess.run([sys.executable, "-m", "shipper", "check-config", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr == f"config error: {bad}: positions.paht: unknown key (did you mean 'path'?)\n"

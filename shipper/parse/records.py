@@ -24,6 +24,7 @@ from shipper.decode import flags as line_flags
 from shipper.parse.timestamps import now_ms, to_timestamp_ms
 
 RESERVED_KEYS = ("@timestamp", "@timestamp_nanos", "stream", "log", "kubernetes", "shipper")
+_RESERVED = frozenset(RESERVED_KEYS)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class RecordBuilder:
         mode, json_key, keep_raw = self._json.mode, self._json.key, self._json.keep_raw
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         to_ms = to_timestamp_ms
+        reserved = _RESERVED
         append, append_offset = out.append, offsets.append
         for offset, time, stream, content, flags in lines:
             if type(content) is bytes:
@@ -69,7 +71,11 @@ class RecordBuilder:
                     flags |= line_flags.INVALID_UTF8
             else:
                 message = content
-            timestamp = to_ms(time) if time is not None else None
+            # containerd's UTC form inline (most lines); everything else via to_timestamp_ms.
+            if time is not None and time[-1:] == "Z" and time[19:20] == ".":
+                timestamp = time[:19] + "." + (time[20:-1] + "000")[:3] + "Z"
+            else:
+                timestamp = to_ms(time) if time is not None else None
             if timestamp is None:
                 if time is not None:
                     flags |= line_flags.BAD_TIME
@@ -86,8 +92,10 @@ class RecordBuilder:
                         del record["log"]
                     if mode == "key":
                         record[json_key] = parsed
+                    elif reserved.isdisjoint(parsed):
+                        record.update(parsed)
                     else:
-                        counts.json_key_conflicts += _merge_top(record, parsed)
+                        counts.json_key_conflicts += _merge_renaming(record, parsed)
             record["kubernetes"] = kubernetes
             if flags:
                 record["shipper"] = {"flags": line_flags.names(flags)}
@@ -98,17 +106,12 @@ class RecordBuilder:
         return counts
 
 
-def _merge_top(record: dict, parsed: dict) -> int:
-    """Merge ``parsed`` into ``record``; returns how many keys had to be renamed."""
+def _merge_renaming(record: dict, parsed: dict) -> int:
+    """Merge ``parsed`` into ``record``, renaming colliding keys; returns how many were renamed."""
     conflicts = 0
-    for key in RESERVED_KEYS:
-        if key in parsed:
-            conflicts += 1
-    if not conflicts:
-        record.update(parsed)
-        return 0
     for key, value in parsed.items():
-        if key in RESERVED_KEYS:
+        if key in _RESERVED:
+            conflicts += 1
             key = "app_" + key.lstrip("@")
             while key in record or key in parsed:
                 key = "_" + key

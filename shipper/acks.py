@@ -51,8 +51,3 @@ class FileAcks:
         while ranges and ranges[0].waiting_sinks == 0:
             self.checkpoint = ranges.popleft().end
         self._on_done(ack_range)
-
-    @property
-    def in_flight(self) -> int:
-        """Ranges read but not yet acknowledged by every sink."""
-        return sum(1 for r in self._ranges if r.waiting_sinks)

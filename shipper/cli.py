@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 from importlib import resources
 
 from shipper.config import Config, ConfigError, InputConfig, SinkConfig, load_config
@@ -73,9 +74,8 @@ def dry_run(config: Config | None, paths: list[str] | None) -> int:
     """Every input feeds one stdout sink; files are read from their head, nothing persists."""
     if paths or config is None:
         inputs = (InputConfig(name="dry-run", paths=tuple(paths or [samples_glob()]), sinks=("stdout",)),)
-        base = config or Config(source="(defaults)", inputs=inputs, sinks={})
-        config = Config(**{**base.__dict__, "inputs": inputs})
-    config = Config(**{**config.__dict__, "sinks": {"stdout": SinkConfig(name="stdout", type="stdout")}})
+        config = replace(config, inputs=inputs) if config else Config(source="(defaults)", inputs=inputs, sinks={})
+    config = replace(config, sinks={"stdout": SinkConfig(name="stdout", type="stdout")})
     metrics = Metrics()
     stdout = StdoutSink("stdout", metrics)
     inputs = [Input.from_config(inp, [stdout]) for inp in config.inputs]

@@ -282,13 +282,26 @@ class Pipeline:
         while True:
             await asyncio.sleep(self.config.checkpoint_interval_secs)
             self.health.beat()
+            entries = self._position_entries()
+            if entries == self._last_saved:
+                continue
             try:
-                await asyncio.to_thread(self.save_positions)
+                await asyncio.to_thread(save_positions, self.config.positions_path, entries)
             except OSError as error:
                 log.error("cannot write positions file %s: %s", self.config.positions_path, error)
+                continue
+            self._last_saved = entries
+            self.metrics.checkpoints.inc()
 
     def save_positions(self) -> None:
-        """Write every file's acknowledged position (if anything changed since the last write)."""
+        """Write every file's acknowledged position now (on shutdown, and from tests)."""
+        entries = self._position_entries()
+        save_positions(self.config.positions_path, entries)
+        self._last_saved = entries
+        self.metrics.checkpoints.inc()
+
+    def _position_entries(self) -> list[dict]:
+        """Every file's acknowledged position, built on the loop (the file table changes there)."""
         entries = []
         for tailed in self.files.values():
             entries.append(position_entry(tailed.input.config.name, tailed.path, tailed.identity, tailed.acks.checkpoint))
@@ -298,11 +311,7 @@ class Pipeline:
                 pass
         # Saved positions of files not opened in this run stay while their file exists.
         entries.extend(e for e in self._saved_positions.values() if os.path.exists(e["path"]))
-        if entries == self._last_saved:
-            return
-        save_positions(self.config.positions_path, entries)
-        self._last_saved = entries
-        self.metrics.checkpoints.inc()
+        return entries
 
 
 def _still_at_path(tailed: TailedFile) -> bool:

@@ -1,0 +1,850 @@
+"""The fake Elasticsearch is faithful: the official client works against it unchanged, and every
+refusal carries the status and body a real 8.x/9.x node sends (PROTOCOLS.md §1)."""
+
+import gzip
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from elasticsearch import AuthenticationException, BadRequestError, Elasticsearch, helpers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.receivers.elasticsearch import (
+    ApiKeyAuth,
+    BasicAuth,
+    BearerAuth,
+    Delay,
+    DropConnection,
+    ElasticsearchReceiver,
+    FailItems,
+    ItemFault,
+    RejectRequest,
+    RequestRejected,
+    json_tokens,
+    parse_bulk_body,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+NDJSON = {"Content-Type": "application/x-ndjson"}
+COMPAT_8 = {
+    "Accept": "application/vnd.elasticsearch+json; compatible-with=8",
+    "Content-Type": "application/vnd.elasticsearch+x-ndjson; compatible-with=8",
+}
+
+
+@pytest.fixture(scope="module")
+def es():
+    with ElasticsearchReceiver(version="9.1.0") as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def es8():
+    with ElasticsearchReceiver(version="8.19.0") as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def index(request):
+    """An index name of this test's own, so tests can share a receiver."""
+    return request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-")
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_faults(request):
+    yield
+    for name in ("es", "es8"):
+        if name in request.fixturenames:
+            assert request.getfixturevalue(name).pending_faults == []
+
+
+def ndjson(*lines):
+    return "".join(json.dumps(line, separators=(",", ":")) + "\n" for line in lines).encode()
+
+
+def post_bulk(receiver, body, *, headers=NDJSON, path="/_bulk", **options):
+    return httpx.post(receiver.url + path, content=body, headers=headers, **options)
+
+
+def whole_error(status, error_type, reason, **extra):
+    error = {"type": error_type, "reason": reason, **extra}
+    return {"error": {"root_cause": [error], **error}, "status": status}
+
+
+# The official client, unchanged ---------------------------------------------------------------
+
+
+def test_info_from_the_official_client(es):
+    info = Elasticsearch(es.url).info()
+    assert info["version"]["number"] == "9.1.0"
+    assert info["version"]["build_flavor"] == "default"
+    assert info["version"]["minimum_wire_compatibility_version"] == "8.19.0"
+    assert info["tagline"] == "You Know, for Search"
+    assert set(info) == {"name", "cluster_name", "cluster_uuid", "version", "tagline"}
+
+
+def test_ping_uses_head(es):
+    assert Elasticsearch(es.url).ping() is True
+    head = httpx.head(es.url + "/")
+    assert head.status_code == 200 and head.content == b""
+
+
+def test_client_bulk_creates_then_a_replay_conflicts(es, index):
+    client = Elasticsearch(es.url)
+    operations = [{"create": {"_index": index, "_id": "a"}}, {"message": "one"}]
+    first = client.bulk(operations=operations).body
+    assert first == {
+        "errors": False,
+        "took": first["took"],
+        "items": [
+            {
+                "create": {
+                    "_index": index,
+                    "_id": "a",
+                    "_version": 1,
+                    "result": "created",
+                    "_shards": {"total": 2, "successful": 1, "failed": 0},
+                    "_seq_no": 0,
+                    "_primary_term": 1,
+                    "status": 201,
+                }
+            }
+        ],
+    }
+    assert list(first) == ["errors", "took", "items"]
+    assert list(first["items"][0]["create"]) == [
+        "_index",
+        "_id",
+        "_version",
+        "result",
+        "_shards",
+        "_seq_no",
+        "_primary_term",
+        "status",
+    ]
+    replay = client.bulk(operations=operations).body
+    error = replay["items"][0]["create"]["error"]
+    assert replay["errors"] is True
+    assert replay["items"][0]["create"]["status"] == 409
+    assert error == {
+        "type": "version_conflict_engine_exception",
+        "reason": "[a]: version conflict, document already exists (current version [1])",
+        "index_uuid": error["index_uuid"],
+        "shard": "0",
+        "index": index,
+    }
+    assert es.documents(index) == [{"message": "one"}]
+
+
+def test_helpers_bulk_and_streaming_bulk_store_each_document_once(es, index):
+    client = Elasticsearch(es.url)
+    actions = [{"_op_type": "create", "_index": index, "_id": str(n), "n": n} for n in range(10)]
+    assert helpers.bulk(client, actions[:5]) == (5, [])
+    results = list(helpers.streaming_bulk(client, actions[5:], chunk_size=2))
+    assert [ok for ok, _ in results] == [True] * 5
+    assert es.documents(index) == [{"n": n} for n in range(10)]
+    assert es.ids(index) == [str(n) for n in range(10)]
+
+
+def test_streaming_bulk_retries_only_the_items_rejected_with_429(es, index):
+    client = Elasticsearch(es.url)
+    es.inject(FailItems({1: ItemFault.REJECTED}))
+    actions = [{"_op_type": "create", "_index": index, "_id": str(n), "n": n} for n in range(3)]
+    # raise_on_error=False: otherwise the helper raises on the 429 before it can retry it.
+    results = list(helpers.streaming_bulk(client, actions, max_retries=2, initial_backoff=0, raise_on_error=False))
+    assert all(ok for ok, _ in results)
+    assert sorted(es.ids(index)) == ["0", "1", "2"]
+    assert [exchange.item_statuses for exchange in es.exchanges[-2:]] == [(201, 429, 201), (201,)]
+
+
+def test_the_transport_retries_a_whole_request_429(es, index):
+    es.inject(RejectRequest(429))
+    response = Elasticsearch(es.url).bulk(operations=[{"create": {"_index": index, "_id": "1"}}, {"m": 1}])
+    assert response["errors"] is False
+    assert [exchange.status for exchange in es.exchanges[-2:]] == [429, 200]
+    assert es.documents(index) == [{"m": 1}]
+
+
+def test_the_9x_client_fails_against_the_8x_node(es8):
+    client = Elasticsearch(es8.url)
+    with pytest.raises(BadRequestError) as refused:
+        client.info()
+    assert refused.value.body == {
+        "error": {
+            "root_cause": [
+                {
+                    "type": "media_type_header_exception",
+                    "reason": "Invalid media-type value on headers [Accept, Content-Type]",
+                }
+            ],
+            "type": "media_type_header_exception",
+            "reason": "Invalid media-type value on headers [Accept, Content-Type]",
+            "caused_by": {
+                "type": "status_exception",
+                "reason": "Accept version must be either version 8 or 7, but found 9. "
+                "Accept=application/vnd.elasticsearch+json; compatible-with=9",
+            },
+        },
+        "status": 400,
+    }
+    with pytest.raises(BadRequestError, match="media_type_header_exception"):
+        client.bulk(operations=[{"create": {"_index": "x", "_id": "1"}}, {"m": 1}])
+    assert client.ping() is False
+    assert es8.count() == 0
+
+
+def test_8x_headers_work_against_8x_and_9x(es, es8, index):
+    body = ndjson({"create": {"_index": index, "_id": "1"}}, {"m": 1})
+    for receiver in (es8, es):
+        response = post_bulk(receiver, body, headers=COMPAT_8)
+        assert response.status_code == 200
+        assert response.json()["items"][0]["create"]["status"] == 201
+        assert response.headers["content-type"] == "application/vnd.elasticsearch+json;compatible-with=8"
+
+
+def test_the_product_header_is_on_every_answer_but_401(es, index):
+    answers = [
+        httpx.get(es.url + "/"),
+        post_bulk(es, ndjson({"index": {"_index": index}}, {"a": 1})),
+        post_bulk(es, b"{}"),
+        post_bulk(es, b"{}\n", headers={"Content-Type": "text/plain"}),
+        httpx.get(es.url + "/_bulk"),
+        httpx.get(es.url + "/_nope"),
+    ]
+    assert [answer.status_code for answer in answers] == [200, 200, 400, 406, 405, 400]
+    assert all(answer.headers["x-elastic-product"] == "Elasticsearch" for answer in answers)
+    with ElasticsearchReceiver(auth=BasicAuth("elastic", "secret")) as secured:
+        assert "x-elastic-product" not in httpx.get(secured.url + "/").headers
+
+
+def test_keep_alive_reuses_one_connection():
+    with ElasticsearchReceiver() as receiver, httpx.Client(base_url=receiver.url) as client:
+        for n in range(3):
+            assert (
+                client.post("/_bulk", content=ndjson({"index": {"_index": "k"}}, {"n": n}), headers=NDJSON).status_code
+                == 200
+            )
+        assert receiver.stats.connections == 1
+        assert receiver.stats.requests == 3
+        assert receiver.count("k") == 3
+
+
+# Whole-request refusals --------------------------------------------------------------------------
+
+
+def test_a_body_without_a_final_newline_is_refused(es, index):
+    body = ndjson({"create": {"_index": index}}, {"m": 1})[:-1]
+    response = post_bulk(es, body)
+    assert response.status_code == 400
+    assert response.json() == whole_error(
+        400, "illegal_argument_exception", "The bulk request must be terminated by a newline [\\n]"
+    )
+    assert es.count(index) == 0
+
+
+def test_an_unknown_metadata_key_names_its_line(es, index):
+    body = ndjson({"create": {"_index": index}}, {"m": 1}, {"create": {"_index": index, "colour": "red"}}, {"m": 2})
+    response = post_bulk(es, body)
+    assert response.status_code == 400
+    assert response.json() == whole_error(
+        400, "illegal_argument_exception", "Action/metadata line [3] contains an unknown parameter [colour]"
+    )
+    assert es.count(index) == 0
+
+
+def test_type_is_refused_in_8x_and_9x(es, es8, index):
+    body = ndjson({"index": {"_index": index, "_type": "_doc"}}, {"m": 1})
+    for receiver, headers in ((es, NDJSON), (es8, COMPAT_8)):
+        response = post_bulk(receiver, body, headers=headers)
+        assert response.json()["error"]["reason"] == "Action/metadata line [1] contains an unknown parameter [_type]"
+
+
+def test_a_null_metadata_value_is_ignored_even_for_an_unknown_key(es, index):
+    response = post_bulk(es, ndjson({"create": {"_index": index, "colour": None}}, {"m": 1}))
+    assert response.json()["items"][0]["create"]["status"] == 201
+
+
+def test_an_action_line_that_is_not_json_is_an_x_content_parse_exception(es):
+    response = post_bulk(es, b'{"create": nope}\n{}\n')
+    error = response.json()["error"]
+    assert response.status_code == 400
+    assert error["type"] == "x_content_parse_exception"
+    assert error["reason"].startswith("[1:12] Unrecognized token 'nope': was expecting (JSON String, Number")
+    assert error["caused_by"]["type"] == "json_parse_exception"
+    assert error["reason"] == "[1:12] " + error["caused_by"]["reason"]
+
+
+def test_a_duplicate_key_in_an_action_line_is_refused(es, index):
+    response = post_bulk(es, b'{"create":{"_index":"%s","_id":"a","_id":"b"}}\n{}\n' % index.encode())
+    error = response.json()["error"]
+    assert error["type"] == "x_content_parse_exception"
+    assert error["caused_by"]["reason"].startswith("Duplicate field '_id'\n at [Source: ")
+
+
+def test_a_malformed_action_line_says_what_token_it_found(es):
+    cases = {
+        b'"create"\n': "expected START_OBJECT but found [VALUE_STRING]",
+        b"{}\n": "expected FIELD_NAME but found [END_OBJECT]",
+        b'{"create":"x"}\n{}\n': "expected START_OBJECT or END_OBJECT but found [VALUE_STRING]",
+        b'{"create":{"_id":["a"]}}\n{}\n': "expected a simple value for field [_id] but found [START_ARRAY]",
+    }
+    for body, detail in cases.items():
+        response = post_bulk(es, body)
+        assert response.json()["error"]["reason"] == f"Malformed action/metadata line [1], {detail}", body
+
+
+def test_unknown_actions_are_refused_by_9x_and_skipped_by_8x(es, es8, index):
+    body = ndjson({"upsert": {"_index": index}}, {"m": 0}, {"create": {"_index": index, "_id": "1"}}, {"m": 1})
+    refused = post_bulk(es, body)
+    assert refused.json()["error"]["reason"] == (
+        "Malformed action/metadata line [1], expected field [create], [delete], [index] or [update] but found [upsert]"
+    )
+    skipped = post_bulk(es8, body, headers=COMPAT_8)
+    assert [list(item) for item in skipped.json()["items"]] == [["create"]]
+    assert es8.documents(index) == [{"m": 1}]
+
+
+def test_extra_keys_and_trailing_data_pass_in_rest_api_8_and_fail_in_9(es, es8, index):
+    extra_key = b'{"create":{"_index":"%s"},"junk":1}\n{}\n' % index.encode()
+    trailing = b'{"create":{"_index":"%s"}} {}\n{}\n' % index.encode()
+    unclosed = b'{"create":{"_index":"%s"}\n{}\n' % index.encode()
+    for receiver in (es8, es):  # a 9.x node keeps the leniency for compatible-with=8 requests
+        for body in (extra_key, trailing, unclosed):
+            assert post_bulk(receiver, body, headers=COMPAT_8).json()["errors"] is False, body
+    assert post_bulk(es, extra_key).json()["error"]["reason"] == (
+        "Malformed action/metadata line [1], expected END_OBJECT but found [FIELD_NAME]"
+    )
+    assert post_bulk(es, trailing).json()["error"]["reason"] == (
+        "Malformed action/metadata line [1], unexpected data after the closing brace"
+    )
+    assert post_bulk(es, unclosed).json()["error"]["type"] == "x_content_e_o_f_exception"
+
+
+def test_an_empty_body_and_a_body_without_actions(es):
+    empty = post_bulk(es, b"")
+    assert empty.status_code == 400
+    assert empty.json() == whole_error(400, "parse_exception", "request body is required")
+    blank_lines = post_bulk(es, b"\n\r\n  \n")
+    assert blank_lines.json() == whole_error(
+        400, "action_request_validation_exception", "Validation Failed: 1: no requests added;"
+    )
+
+
+def test_validation_failures_are_numbered_across_items(es):
+    body = ndjson({"index": {}}, {"m": 1}, {"delete": {"_index": "x"}})
+    assert post_bulk(es, body).json() == whole_error(
+        400, "action_request_validation_exception", "Validation Failed: 1: index is missing;2: id is missing;"
+    )
+
+
+def test_a_last_action_without_its_document_is_dropped(es, index):
+    body = ndjson({"create": {"_index": index, "_id": "1"}}, {"m": 1}, {"create": {"_index": index, "_id": "2"}})
+    response = post_bulk(es, body)
+    assert len(response.json()["items"]) == 1
+    assert es.ids(index) == ["1"]
+
+
+def test_carriage_returns_are_trimmed(es, index):
+    body = b'{"create":{"_index":"%s","_id":"1"}}\r\n{"m":"x"}\r\n' % index.encode()
+    assert post_bulk(es, body).json()["items"][0]["create"]["status"] == 201
+    assert es.documents(index) == [{"m": "x"}]
+
+
+def test_unrecognized_query_parameters_are_refused(es, index):
+    response = post_bulk(es, ndjson({"create": {"_index": index}}, {}), path="/_bulk?refresh=true&colour=red")
+    assert response.json() == whole_error(
+        400, "illegal_argument_exception", "request [/_bulk] contains unrecognized parameter: [colour]"
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "message"),
+    [
+        ({}, "Content-Type header is missing"),
+        ({"Content-Type": ""}, "Content-Type header [] is not supported"),
+        ({"Content-Type": "text/plain"}, "Content-Type header [text/plain] is not supported"),
+    ],
+)
+def test_a_missing_or_foreign_content_type_gets_406_with_a_string_error(es, headers, message):
+    response = post_bulk(es, b'{"index":{"_index":"x"}}\n{}\n', headers=headers)
+    assert response.status_code == 406
+    assert response.json() == {"error": message, "status": 406}
+
+
+def test_json_and_vendor_content_types_are_accepted(es, index):
+    for content_type in ("application/json", "application/json; charset=UTF-8", "application/x-ndjson"):
+        response = post_bulk(es, ndjson({"index": {"_index": index}}, {}), headers={"Content-Type": content_type})
+        assert response.status_code == 200, content_type
+    vendor = {
+        "Accept": "application/vnd.elasticsearch+json; compatible-with=9",
+        "Content-Type": "application/vnd.elasticsearch+x-ndjson; compatible-with=9",
+    }
+    assert post_bulk(es, ndjson({"index": {"_index": index}}, {}), headers=vendor).status_code == 200
+    assert es.count(index) == 4
+
+
+def test_rest_compatibility_versions_must_be_servable_and_match(es, es8):
+    too_new = post_bulk(
+        es8,
+        b'{"index":{"_index":"x"}}\n{}\n',
+        headers={
+            "Accept": "application/vnd.elasticsearch+json; compatible-with=9",
+            "Content-Type": "application/vnd.elasticsearch+x-ndjson; compatible-with=9",
+        },
+    )
+    assert too_new.status_code == 400
+    assert too_new.json()["error"]["type"] == "media_type_header_exception"
+    too_old = httpx.get(es.url + "/", headers={"Accept": "application/vnd.elasticsearch+json; compatible-with=7"})
+    assert too_old.json()["error"]["caused_by"]["reason"] == (
+        "Accept version must be either version 9 or 8, but found 7. "
+        "Accept=application/vnd.elasticsearch+json; compatible-with=7"
+    )
+    half = post_bulk(
+        es,
+        b'{"index":{"_index":"x"}}\n{}\n',
+        headers={
+            "Accept": "application/vnd.elasticsearch+json; compatible-with=9",
+            "Content-Type": "application/x-ndjson",
+        },
+    )
+    assert half.json()["error"]["caused_by"]["reason"] == (
+        "A compatible version is required on both Content-Type and Accept headers if either one has requested a "
+        "compatible version. Accept=application/vnd.elasticsearch+json; compatible-with=9, "
+        "Content-Type=application/x-ndjson"
+    )
+
+
+def test_gzip_bodies_are_accepted(es, index):
+    body = gzip.compress(ndjson({"create": {"_index": index, "_id": "z"}}, {"zipped": True}))
+    response = post_bulk(es, body, headers={**NDJSON, "Content-Encoding": "gzip"})
+    assert response.json()["items"][0]["create"]["status"] == 201
+    assert es.documents(index) == [{"zipped": True}]
+    assert es.exchanges[-1].content_encoding == "gzip"
+
+
+def test_chunked_bodies_are_accepted(es, index):
+    chunks = iter([b'{"create":{"_index":"%s","_id":"1"}}\n' % index.encode(), b'{"chunked":', b"true}\n"])
+    response = httpx.post(es.url + "/_bulk", content=chunks, headers=NDJSON)
+    assert response.json()["items"][0]["create"]["status"] == 201
+    assert es.documents(index) == [{"chunked": True}]
+
+
+def test_the_content_length_limit_counts_decompressed_bytes():
+    with ElasticsearchReceiver(max_content_length=1000) as receiver:
+        small = ndjson({"index": {"_index": "x"}}, {"pad": "a" * 900})
+        large = ndjson({"index": {"_index": "x"}}, {"pad": "a" * 1000})
+        assert post_bulk(receiver, small).status_code == 200
+        for body, headers in ((large, NDJSON), (gzip.compress(large), {**NDJSON, "Content-Encoding": "gzip"})):
+            assert len(body) < 1000 or headers is NDJSON
+            response = post_bulk(receiver, body, headers=headers)
+            assert response.status_code == 413
+            assert response.content == b""
+            assert response.headers["connection"] == "close"
+            assert "x-elastic-product" not in response.headers
+        assert receiver.count("x") == 1
+
+
+def test_expect_100_continue_over_the_limit_gets_417():
+    with ElasticsearchReceiver(max_content_length=10) as receiver:
+        port = int(receiver.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as connection:
+            connection.sendall(
+                b"POST /_bulk HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n"
+                b"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+            )
+            status_line = connection.recv(4096).split(b"\r\n")[0]
+        assert status_line == b"HTTP/1.1 417 Expectation Failed"
+
+
+# Per-item results ---------------------------------------------------------------------------------
+
+
+def test_an_index_without_id_gets_a_20_character_id_and_index_overwrites(es, index):
+    generated = post_bulk(es, ndjson({"index": {"_index": index}}, {"v": 1})).json()["items"][0]["index"]
+    assert len(generated["_id"]) == 20 and generated["result"] == "created"
+    again = post_bulk(es, ndjson({"index": {"_index": index, "_id": generated["_id"]}}, {"v": 2})).json()
+    item = again["items"][0]["index"]
+    assert (item["result"], item["status"], item["_version"], item["_seq_no"]) == ("updated", 200, 2, 1)
+    assert es.documents(index) == [{"v": 2}]
+
+
+def test_index_with_op_type_create_answers_as_create(es, index):
+    body = ndjson({"index": {"_index": index, "_id": "1", "op_type": "create"}}, {})
+    assert list(post_bulk(es, body).json()["items"][0]) == ["create"]
+    assert post_bulk(es, body).json()["items"][0]["create"]["status"] == 409
+
+
+@pytest.mark.parametrize(
+    ("name", "description"),
+    [
+        ("a b", "must not contain the following characters [' ','\"','*',',','/','<','>','?','\\','|']"),
+        ("#a", "must not contain '#'"),
+        ("a:b", "must not contain ':'"),
+        ("_a", "must not start with '_', '-', or '+'"),
+        ("-a", "must not start with '_', '-', or '+'"),
+        ("é" * 128, "index name is too long, (256 > 255)"),
+        ("..", "must not be '.' or '..'"),
+        ("Logs", "must be lowercase"),
+        # Checked in order: the first rule broken is the one reported.
+        ("_Logs:#", "must not contain '#'"),
+    ],
+)
+def test_invalid_index_names_fail_the_item(es, name, description):
+    response = post_bulk(es, ndjson({"create": {"_index": name}}, {}, {"create": {"_index": "fine-name"}}, {}))
+    first, second = response.json()["items"]
+    assert first == {
+        "create": {
+            "_index": name,
+            "_id": None,
+            "status": 400,
+            "error": {
+                "type": "invalid_index_name_exception",
+                "reason": f"Invalid index name [{name}], {description}",
+                "index_uuid": "_na_",
+                "index": name,
+            },
+        }
+    }
+    assert second["create"]["status"] == 201
+
+
+def test_a_document_that_is_not_json_fails_its_item(es, index):
+    body = b'{"create":{"_index":"%s","_id":"1"}}\n{"m": oops}\n{"create":{"_index":"%s","_id":"2"}}\n[1]\n' % (
+        index.encode(),
+        index.encode(),
+    )
+    first, second = post_bulk(es, body).json()["items"]
+    error = first["create"]["error"]
+    assert first["create"]["status"] == 400
+    assert error["type"] == "document_parsing_exception"
+    assert error["reason"].startswith("[1:2] failed to parse: [1:7] Unrecognized token 'oops'")
+    assert error["caused_by"]["type"] == "x_content_parse_exception"
+    assert second["create"]["error"] == {
+        "type": "document_parsing_exception",
+        "reason": "Malformed content, must start with an object",
+    }
+    assert es.count(index) == 0
+
+
+def test_a_duplicate_key_in_a_document_fails_its_item(es, index):
+    body = b'{"create":{"_index":"%s","_id":"1"}}\n{"a":1,"a":2}\n' % index.encode()
+    item = post_bulk(es, body).json()["items"][0]["create"]
+    assert item["status"] == 400
+    assert item["error"]["type"] == "document_parsing_exception"
+    assert item["error"]["reason"].startswith("[1:6] failed to parse: [1:11] Duplicate field 'a'\n at [Source: ")
+
+
+def test_a_value_of_the_wrong_type_fails_like_the_mapper(es, index):
+    first = ndjson({"create": {"_index": index, "_id": "1"}}, {"count": 1, "at": "2024-05-01T10:00:00Z"})
+    assert post_bulk(es, first).json()["errors"] is False
+    assert es.mapping(index) == {"count": "long", "at": "date"}
+    body = ndjson(
+        {"create": {"_index": index, "_id": "x"}},
+        {"count": "abc"},
+        {"create": {"_index": index, "_id": "y"}},
+        {"count": "42"},
+        {"create": {"_index": index, "_id": "z"}},
+        {"at": "yesterday"},
+    )
+    text_count, numeric_string, bad_date = (item["create"] for item in post_bulk(es, body).json()["items"])
+    assert text_count["error"] == {
+        "type": "document_parsing_exception",
+        "reason": "[1:10] failed to parse field [count] of type [long] in document with id 'x'. "
+        "Preview of field's value: 'abc'",
+        "caused_by": {"type": "illegal_argument_exception", "reason": 'For input string: "abc"'},
+    }
+    assert numeric_string["status"] == 201  # numbers coerce from strings
+    assert bad_date["error"]["caused_by"]["reason"] == (
+        "failed to parse date field [yesterday] with format [strict_date_optional_time||epoch_millis]"
+    )
+
+
+def test_objects_and_values_cannot_trade_places(es, index):
+    post_bulk(es, ndjson({"create": {"_index": index, "_id": "1"}}, {"user": {"name": "a"}, "level": 3}))
+    body = ndjson(
+        {"create": {"_index": index, "_id": "2"}},
+        {"user": "a"},
+        {"create": {"_index": index, "_id": "3"}},
+        {"level": {"value": 3}},
+        {"create": {"_index": index, "_id": "4"}},
+        {"level.value": 3},
+    )
+    value_for_object, object_for_value, dotted = (
+        item["create"]["error"] for item in post_bulk(es, body).json()["items"]
+    )
+    assert value_for_object == {
+        "type": "document_parsing_exception",
+        "reason": "[1:9] object mapping for [user] tried to parse field [user] as object, but found a concrete value",
+    }
+    assert object_for_value["reason"] == (
+        "[1:20] failed to parse field [level] of type [long] in document with id '3'. "
+        "Preview of field's value: '{value=3}'"
+    )
+    assert object_for_value["caused_by"] == {
+        "type": "illegal_argument_exception",
+        "reason": "Cannot parse object as number",
+    }
+    assert dotted["reason"].endswith("Preview of field's value: '{value=3}'")
+
+
+def test_dotted_names_expand_into_objects(es, index):
+    body = ndjson({"create": {"_index": index, "_id": "1"}}, {"a": 1, "a.b": 2})
+    error = post_bulk(es, body).json()["items"][0]["create"]["error"]
+    assert error["reason"].startswith("[1:14] failed to parse field [a] of type [long]")
+    post_bulk(es, ndjson({"create": {"_index": index, "_id": "2"}}, {"k8s.pod": "web", "k8s": {"ns": "default"}}))
+    assert es.mapping(index) == {"k8s": "object", "k8s.pod": "text", "k8s.ns": "text"}
+    assert es.documents(index) == [{"k8s.pod": "web", "k8s": {"ns": "default"}}]
+
+
+def test_filter_path_keeps_what_beats_asks_for(es, index):
+    body = ndjson({"create": {"_index": index, "_id": "1"}}, {}, {"create": {"_index": index, "_id": "1"}}, {})
+    with_status = post_bulk(es, body, path="/_bulk?filter_path=errors,items.*.error,items.*.status").json()
+    assert with_status["errors"] is True
+    assert with_status["items"][0] == {"create": {"status": 201}}
+    assert set(with_status["items"][1]["create"]) == {"status", "error"}
+    errors_only = post_bulk(es, body, path="/_bulk?filter_path=errors,items.*.error").json()
+    assert len(errors_only["items"]) == 2  # both now conflict
+    clean = ndjson({"create": {"_index": index, "_id": "2"}}, {})
+    assert post_bulk(es, clean, path="/_bulk?filter_path=errors,items.*.error").json() == {"errors": False}
+    excluded = post_bulk(es, ndjson({"index": {"_index": index}}, {}), path="/_bulk?filter_path=-took,-items").json()
+    assert excluded == {"errors": False}
+
+
+def test_refresh_true_marks_items_forced_refresh(es, index):
+    item = post_bulk(es, ndjson({"index": {"_index": index}}, {}), path="/_bulk?refresh=true").json()["items"][0]
+    assert list(item["index"])[:5] == ["_index", "_id", "_version", "result", "forced_refresh"]
+
+
+def test_delete_and_update(es, index):
+    post_bulk(es, ndjson({"create": {"_index": index, "_id": "1"}}, {"a": {"b": 1}}))
+    body = ndjson(
+        {"update": {"_index": index, "_id": "1"}},
+        {"doc": {"a": {"c": 2}}},
+        {"update": {"_index": index, "_id": "1"}},
+        {"doc": {"a": {"c": 2}}},
+        {"update": {"_index": index, "_id": "2"}},
+        {"doc": {"x": 1}},
+        {"delete": {"_index": index, "_id": "1"}},
+        {"delete": {"_index": index, "_id": "1"}},
+    )
+    results = [
+        (item[op]["result"] if "result" in item[op] else item[op]["error"]["type"], item[op]["status"])
+        for item in post_bulk(es, body).json()["items"]
+        for op in item
+    ]
+    assert results == [
+        ("updated", 200),
+        ("noop", 200),
+        ("document_missing_exception", 404),
+        ("deleted", 200),
+        ("not_found", 404),
+    ]
+
+
+# Authentication -----------------------------------------------------------------------------------
+
+
+def test_basic_auth():
+    with ElasticsearchReceiver(auth=BasicAuth("elastic", "changeme")) as receiver:
+        assert Elasticsearch(receiver.url, basic_auth=("elastic", "changeme")).info()["tagline"]
+        with pytest.raises(AuthenticationException):
+            Elasticsearch(receiver.url, basic_auth=("elastic", "wrong")).info()
+        missing = post_bulk(receiver, b'{"index":{"_index":"x"}}\n{}\n')
+        header = {"WWW-Authenticate": ['Basic realm="security", charset="UTF-8"', 'Bearer realm="security"', "ApiKey"]}
+        assert missing.status_code == 401
+        assert missing.json() == whole_error(
+            401, "security_exception", "missing authentication credentials for REST request [/_bulk]", header=header
+        )
+        assert missing.headers.get_list("www-authenticate") == header["WWW-Authenticate"]
+        assert "x-elastic-product" not in missing.headers
+        wrong = httpx.get(receiver.url + "/", auth=("elastic", "nope"))
+        assert wrong.json()["error"]["reason"] == "unable to authenticate user [elastic] for REST request [/]"
+        assert receiver.count() == 0
+
+
+def test_api_key_and_bearer_auth():
+    with ElasticsearchReceiver(auth=ApiKeyAuth("key-id", "key-secret")) as receiver:
+        client = Elasticsearch(receiver.url, api_key=("key-id", "key-secret"))
+        assert client.bulk(operations=[{"index": {"_index": "k"}}, {}])["errors"] is False
+        with pytest.raises(AuthenticationException):
+            Elasticsearch(receiver.url, api_key=("key-id", "other")).info()
+    with ElasticsearchReceiver(auth=BearerAuth("token-1")) as receiver:
+        assert Elasticsearch(receiver.url, bearer_auth="token-1").info()["tagline"]
+        assert httpx.get(receiver.url + "/", headers={"Authorization": "Bearer token-2"}).status_code == 401
+
+
+# Faults ------------------------------------------------------------------------------------------
+
+
+def test_whole_request_errors_have_es_bodies(es, index):
+    es.inject(
+        RejectRequest(503),
+        RejectRequest(500),
+        RejectRequest(429, "circuit_breaking_exception", "[parent] Data too large"),
+    )
+    body = ndjson({"index": {"_index": index}}, {})
+    unavailable, internal, breaker = (post_bulk(es, body) for _ in range(3))
+    assert unavailable.status_code == 503
+    assert unavailable.json() == whole_error(
+        503, "cluster_block_exception", "blocked by: [SERVICE_UNAVAILABLE/1/state not recovered / initialized];"
+    )
+    assert internal.status_code == 500 and internal.json()["error"]["type"] == "exception"
+    assert breaker.json() == whole_error(429, "circuit_breaking_exception", "[parent] Data too large")
+    rejected = Elasticsearch(es.url, max_retries=0)
+    es.inject(RejectRequest(429))
+    with pytest.raises(Exception, match="es_rejected_execution_exception"):
+        rejected.bulk(operations=[{"index": {"_index": index}}, {}])
+    assert es.count(index) == 0
+
+
+def test_per_item_faults(es, index):
+    es.inject(FailItems({0: ItemFault.UNAVAILABLE, 2: ItemFault.BLOCKED}))
+    body = ndjson(*[line for n in range(3) for line in ({"create": {"_index": index, "_id": str(n)}}, {"n": n})])
+    unavailable, stored, blocked = (item["create"] for item in post_bulk(es, body).json()["items"])
+    assert unavailable["status"] == 503
+    assert unavailable["error"]["type"] == "unavailable_shards_exception"
+    assert unavailable["error"]["reason"] == (
+        f"[{index}][0] primary shard is not active Timeout: [1m], request: "
+        f"[BulkShardRequest [[{index}][0]] containing [3] requests]"
+    )
+    assert stored["status"] == 201
+    assert blocked["status"] == 429 and blocked["error"]["type"] == "cluster_block_exception"
+    es.inject(FailItems(every=ItemFault.REJECTED))
+    rejected = post_bulk(es, body).json()["items"]
+    assert {item["create"]["error"]["type"] for item in rejected} == {"es_rejected_execution_exception"}
+    assert es.ids(index) == ["1"]
+
+
+def test_a_dropped_connection_may_or_may_not_have_stored_the_documents(es, index):
+    body = ndjson({"create": {"_index": index, "_id": "1"}}, {"m": 1})
+    es.inject(DropConnection(), DropConnection(after_processing=True))
+    with pytest.raises(httpx.RemoteProtocolError):
+        post_bulk(es, body)
+    assert es.count(index) == 0
+    with pytest.raises(httpx.RemoteProtocolError):
+        post_bulk(es, body)
+    assert es.ids(index) == ["1"]
+    replay = post_bulk(es, body).json()["items"][0]["create"]
+    assert replay["status"] == 409  # the retry of a lost answer is recognisable
+    assert [exchange.status for exchange in es.exchanges[-3:]] == [None, None, 200]
+
+
+def test_a_slow_answer_times_the_client_out_but_still_applies(es, index):
+    es.inject(Delay(0.5))
+    with pytest.raises(httpx.ReadTimeout):
+        post_bulk(es, ndjson({"create": {"_index": index, "_id": "1"}}, {}), timeout=0.1)
+    deadline = time.monotonic() + 2
+    while es.count(index) == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert es.ids(index) == ["1"]
+
+
+# Count-only mode and the program -------------------------------------------------------------------
+
+
+def test_count_only_counts_without_keeping_sources():
+    with ElasticsearchReceiver(count_only=True) as receiver:
+        body = ndjson({"create": {"_index": "c", "_id": "1"}}, {"a": 1}, {"index": {"_index": "c"}}, {"a": "x"})
+        assert post_bulk(receiver, body).json()["errors"] is False  # no mapping kept, so no conflict
+        broken = post_bulk(receiver, b'{"index":{"_index":"c"}}\n{"a":\n').json()["items"][0]["index"]
+        assert broken["error"]["type"] == "document_parsing_exception"
+        assert post_bulk(receiver, body).json()["items"][0]["create"]["status"] == 409
+        assert receiver.count("c") == 3
+        with pytest.raises(RuntimeError):
+            receiver.documents("c")
+
+
+def test_the_program_counts_and_reports_on_exit():
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.receivers.elasticsearch", "--port", "0", "--version", "8.19.0", "--count-only"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        banner = process.stdout.readline()
+        assert banner.startswith("listening on http://127.0.0.1:")
+        assert banner.rstrip().endswith("(Elasticsearch 8.19.0, count-only)")
+        url = banner.split()[2]
+        body = ndjson(*[line for n in range(4) for line in ({"create": {"_index": "bench", "_id": str(n)}}, {"n": n})])
+        assert httpx.post(url + "/_bulk", content=body, headers=COMPAT_8).json()["errors"] is False
+        process.send_signal(signal.SIGINT)
+        summary = json.loads(process.stdout.readline())
+        assert process.wait(timeout=5) == 0
+    finally:
+        process.kill()
+    assert summary["documents"] == 4
+    assert summary["indices"] == {"bench": 4}
+    assert summary["bulk_requests"] == 1
+
+
+# The exact parser, against reference behaviour ------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def read_tokens(text):
+    """The value Jackson-style tokens spell, or the Jackson error."""
+    tokens = json_tokens(text)
+
+    def value(token):
+        if token.kind == "START_OBJECT":
+            result = {}
+            while (name := next(tokens)).kind != "END_OBJECT":
+                result[name.value] = value(next(tokens))
+            return result
+        if token.kind == "START_ARRAY":
+            items = []
+            while (element := next(tokens)).kind != "END_ARRAY":
+                items.append(value(element))
+            return items
+        return token.value
+
+    result = value(next(tokens))
+    assert next(tokens, None) is None
+    return result
+
+
+@settings(max_examples=150, deadline=None)
+@given(json_values, st.sampled_from([None, 1]), st.booleans())
+def test_the_tokenizer_reads_valid_json_as_json_does(value, indent, ascii_only):
+    text = json.dumps(value, indent=indent, ensure_ascii=ascii_only)
+    assert read_tokens(text) == json.loads(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(["create", "index", "delete", "update"]),
+    st.dictionaries(
+        st.sampled_from(["_index", "_id", "routing", "pipeline", "op_type"]), st.text(max_size=6), max_size=4
+    ),
+)
+def test_the_fast_and_the_exact_action_line_paths_agree(action, metadata):
+    compact = json.dumps({action: metadata}, separators=(",", ":")).encode()  # the fast path takes this
+    spaced = json.dumps({action: metadata}, indent=1).replace("\n", " ").encode()  # this goes the exact way
+    document = b"" if action == "delete" else b'{"doc":{}}\n'
+
+    def outcome(line):
+        try:
+            return parse_bulk_body(line + b"\n" + document, default_index="d", major=9, rest_major=9)
+        except RequestRejected as rejection:
+            return rejection.body
+
+    assert outcome(compact) == outcome(spaced)
+    if metadata:  # a repeated key is refused, however it is spelled
+        key = next(iter(metadata))
+        repeated = compact[:-2] + b',"%s":"again"}}' % key.encode()
+        assert outcome(repeated)["error"]["caused_by"]["reason"].startswith(f"Duplicate field '{key}'")

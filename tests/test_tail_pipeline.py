@@ -235,3 +235,49 @@ def test_positions_file_is_keyed_by_identity(tmp_path):
     stat = log.stat()
     assert (entry["dev"], entry["ino"], entry["offset"], entry["input"]) == (stat.st_dev, stat.st_ino, stat.st_size, "test")
     assert len(entry["fingerprint"]) == 16 and entry["fingerprint_size"] == stat.st_size
+
+
+def test_positions_are_written_periodically_while_running(tmp_path):
+    log = tmp_path / "app.log"
+    write(log, cri(T, "stdout", "F", "a"))
+    sink = CollectingSink()
+    config = make_config(tmp_path, [str(log)], poll_interval_secs=0.01, checkpoint_interval_secs=0.05)
+    pipeline, metrics = make_pipeline(config, [sink])
+
+    async def scenario():
+        task = asyncio.create_task(pipeline.run())
+        positions = tmp_path / "positions.json"
+        while not positions.exists() or checkpoint(tmp_path) != log.stat().st_size:
+            await asyncio.sleep(0.01)
+        write(log, cri(T, "stdout", "F", "b"), mode="ab")
+        while checkpoint(tmp_path) != log.stat().st_size:  # written again without a shutdown
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        pipeline.stop()
+        await task
+
+    asyncio.run(scenario())
+    assert metrics.value("shipper_position_saves_total") >= 2
+
+
+def test_read_from_tail_applies_only_to_files_present_at_the_first_start(tmp_path):
+    old, new = tmp_path / "old.log", tmp_path / "new.log"
+    write(old, cri(T, "stdout", "F", "history") + cri(T, "stdout", "F", "more history"))
+    sink = CollectingSink()
+    config = make_config(tmp_path, [str(tmp_path / "*.log")], read_from="tail", poll_interval_secs=0.01,
+                         rescan_interval_secs=0.02)
+    pipeline, _ = make_pipeline(config, [sink])
+
+    async def scenario():
+        task = asyncio.create_task(pipeline.run())
+        while not pipeline.files:
+            await asyncio.sleep(0.01)
+        write(old, cri(T, "stdout", "F", "appended"), mode="ab")
+        write(new, cri(T, "stdout", "F", "new file from its head"))
+        while len(sink.records) < 2:
+            await asyncio.sleep(0.01)
+        pipeline.stop()
+        await task
+
+    asyncio.run(scenario())
+    assert sorted(sink.messages) == ["appended", "new file from its head"]

@@ -7,8 +7,10 @@ only while the bytes not yet acknowledged by every sink stay under ``max_in_flig
 """
 
 import asyncio
+import itertools
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 
@@ -72,6 +74,9 @@ class Pipeline:
         self._saved_positions: dict[str, dict] = {}
         self._first_start = True
         self._last_saved: list[dict] | None = None
+        self._save_sequence = itertools.count()
+        self._written_sequence = -1
+        self._write_lock = threading.Lock()
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -285,19 +290,26 @@ class Pipeline:
             entries = self._position_entries()
             if entries == self._last_saved:
                 continue
-            try:
-                await asyncio.to_thread(save_positions, self.config.positions_path, entries)
-            except OSError as error:
-                log.error("cannot write positions file %s: %s", self.config.positions_path, error)
-                continue
             self._last_saved = entries
-            self.metrics.checkpoints.inc()
+            try:
+                await asyncio.to_thread(self._write_positions, entries, next(self._save_sequence))
+            except OSError as error:
+                self._last_saved = None
+                log.error("cannot write positions file %s: %s", self.config.positions_path, error)
 
     def save_positions(self) -> None:
         """Write every file's acknowledged position now (on shutdown, and from tests)."""
-        entries = self._position_entries()
-        save_positions(self.config.positions_path, entries)
-        self._last_saved = entries
+        self._last_saved = self._position_entries()
+        self._write_positions(self._last_saved, next(self._save_sequence))
+
+    def _write_positions(self, entries: list[dict], sequence: int) -> None:
+        # A periodic write still running in its thread when shutdown writes must not land
+        # after the shutdown write and put older positions back.
+        with self._write_lock:
+            if sequence < self._written_sequence:
+                return
+            save_positions(self.config.positions_path, entries)
+            self._written_sequence = sequence
         self.metrics.checkpoints.inc()
 
     def _position_entries(self) -> list[dict]:

@@ -43,6 +43,9 @@ class Metrics:
         self.skipped_files = Counter(
             "shipper_files_skipped", "Files matched but not read, by reason", ["reason"], registry=registry
         )
+        self.truncations = Counter(
+            "shipper_files_truncated", "Files that shrank below their read offset (copytruncate)", registry=registry
+        )
         self.file_lag = Gauge(
             "shipper_file_lag_bytes",
             "Bytes of a file not yet acknowledged by every sink (size minus checkpoint)",

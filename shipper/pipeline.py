@@ -26,7 +26,7 @@ from shipper.kube.file_names import kubernetes_from_path
 from shipper.metrics import HealthState, Metrics
 from shipper.parse.records import RecordBuilder
 from shipper.sinks import Sink
-from shipper.tail.files import TailedFile, last_line_end, matching_paths
+from shipper.tail.files import TRUNCATED, TailedFile, last_line_end, matching_paths
 from shipper.tail.identity import identify
 from shipper.tail.positions import load_positions, position_entry, position_key, save_positions
 
@@ -203,7 +203,9 @@ class Pipeline:
                 if self._stopping.is_set():
                     break
                 got = await asyncio.to_thread(tailed.read_lines, config.read_chunk_bytes, max_line_bytes, self.one_shot)
-                if got is not None:
+                if got is TRUNCATED:
+                    self._forget_truncated(tailed)
+                elif got is not None:
                     progressed = True
                     tailed.last_data_at = now
                     self._ship_lines(tailed, *got)
@@ -222,7 +224,7 @@ class Pipeline:
         other.cancel()
 
     def _idle(self, tailed: TailedFile, now: float) -> None:
-        """A file with no new data: flush lines whose last part is overdue, retire if rotated away."""
+        """A file with no new data: flush overdue split lines, retire it if rotated away."""
         partials = tailed.decoder.partials
         if partials.pending and now - tailed.last_data_at >= self.config.partial_flush_secs:
             self._ship_decoded(tailed, partials.flush(), tailed.read_offset, 0)
@@ -235,6 +237,17 @@ class Pipeline:
             except KeyError:  # released before its first checkpoint
                 pass
             self.metrics.files.set(len(self.files))
+
+    def _forget_truncated(self, tailed: TailedFile) -> None:
+        """copytruncate: the file shrank below what was read. Its new content has a new first
+        line, hence a new identity: forget this one and let discovery open it from offset 0."""
+        log.warning("%s shrank below its read offset %d: truncated in place, reading it again from 0",
+                    tailed.path, tailed.read_offset)
+        self.metrics.truncations.inc()
+        self._ship_decoded(tailed, tailed.decoder.partials.flush(), tailed.read_offset, 0)
+        tailed.close()
+        del self.files[tailed.key]
+        self.discover()
 
     def _ship_lines(self, tailed: TailedFile, lines: list[bytes], start: int, end: int, unterminated: bool) -> None:
         input_name = tailed.input.config.name

@@ -281,3 +281,30 @@ def test_read_from_tail_applies_only_to_files_present_at_the_first_start(tmp_pat
 
     asyncio.run(scenario())
     assert sorted(sink.messages) == ["appended", "new file from its head"]
+
+
+@pytest.mark.parametrize("after_lines", [5, 300])  # shorter than before, and regrown past the old offset
+def test_a_file_truncated_in_place_is_read_again_from_its_start(tmp_path, after_lines):
+    log = tmp_path / "app.log"
+    write(log, b"".join(cri(T, "stdout", "F", f"before {i}") for i in range(100)))
+    sink = CollectingSink()
+    config = make_config(tmp_path, [str(log)], poll_interval_secs=0.01)
+    pipeline, metrics = make_pipeline(config, [sink])
+
+    async def scenario():
+        task = asyncio.create_task(pipeline.run())
+        while len(sink.records) < 100:
+            await asyncio.sleep(0.01)
+        with open(log, "r+b") as handle:  # what logrotate's copytruncate does after copying
+            handle.truncate(0)
+        write(log, b"".join(cri("2026-11-20T11:00:00.5Z", "stdout", "F", f"after {i}") for i in range(after_lines)),
+              mode="ab")
+        while len(sink.records) < 100 + after_lines:
+            await asyncio.sleep(0.01)
+        pipeline.stop()
+        await task
+
+    asyncio.run(scenario())
+    assert sink.messages[100:] == [f"after {i}" for i in range(after_lines)]
+    assert metrics.value("shipper_files_truncated_total") == 1
+    assert checkpoint(tmp_path) == log.stat().st_size

@@ -5,7 +5,10 @@ import glob
 import os
 
 from shipper.acks import FileAcks
-from shipper.tail.identity import FileIdentity
+from shipper.tail.identity import FileIdentity, still_matches
+
+
+TRUNCATED = "truncated"  # read_lines: the file was truncated in place
 
 
 def matching_paths(paths: tuple[str, ...], exclude: tuple[str, ...]) -> list[str]:
@@ -55,16 +58,17 @@ class TailedFile:
         self.acks = acks
         self.last_data_at = now
 
-    def read_lines(
-        self, chunk_bytes: int, max_line_bytes: int, at_eof_take_rest: bool
-    ) -> tuple[list[bytes], int, int, bool] | None:
-        """Read the next whole lines: ``(lines without newlines, start, end, unterminated)``.
+    def read_lines(self, chunk_bytes: int, max_line_bytes: int, at_eof_take_rest: bool):
+        """Read the next whole lines: ``(lines without newlines, start, end, unterminated)``,
+        None when there is nothing new, or ``TRUNCATED`` (checked first, in the same thread hop).
 
         An incomplete last line waits for its newline, unless ``at_eof_take_rest`` (one-shot
         reads), when it is returned alone with ``unterminated`` set. A chunk without any
         newline is extended until one appears; a line longer than ``max_line_bytes`` is
         handed out in pieces rather than stalling the file or growing memory.
         """
+        if self.truncated():
+            return TRUNCATED
         start = self.read_offset
         data = os.pread(self.fd, chunk_bytes, start)
         newline = data.rfind(b"\n")
@@ -90,6 +94,11 @@ class TailedFile:
             return None
         self.read_offset = end
         return lines, start, end, unterminated
+
+    def truncated(self) -> bool:
+        """Truncated in place (copytruncate): shrunk below the read offset, or regrown past it
+        with a different first line."""
+        return self.size() < self.read_offset or not still_matches(self.fd, self.identity)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

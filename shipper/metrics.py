@@ -33,6 +33,12 @@ class Metrics:
             ["input"],
             registry=registry,
         )
+        self.security_events = Counter(
+            "shipper_security_events",
+            "KubeArmor and Falco events recognised and given stable field types",
+            ["input", "kind"],
+            registry=registry,
+        )
         self.dropped = Counter(
             "shipper_records_dropped", "Records dropped by a keep/drop filter", ["input", "filter"], registry=registry
         )

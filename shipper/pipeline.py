@@ -265,12 +265,16 @@ class Pipeline:
         name = inp.config.name
         records: list[dict] = []
         offsets: list[int] = []
-        counts = inp.builder.build(decoded, tailed.kubernetes_json, records, offsets)
+        counts = inp.builder.build(decoded, tailed.kubernetes_json, records, offsets,
+                                   tailed.kubernetes.get("container_name"))
         self.metrics.records.labels(input=name).inc(len(records))
         for reason, count in counts.flagged.items():
             self.metrics.flagged.labels(input=name, reason=reason).inc(count)
         if counts.json_merged:
             self.metrics.json_merged.labels(input=name).inc(counts.json_merged)
+        for kind in ("kubearmor", "falco"):
+            if getattr(counts, kind):
+                self.metrics.security_events.labels(input=name, kind=kind).inc(getattr(counts, kind))
         if counts.json_key_conflicts:
             self.metrics.json_key_conflicts.labels(input=name).inc(counts.json_key_conflicts)
         if inp.filter is not None:

@@ -1,0 +1,108 @@
+"""CPU microseconds per line through RecordBuilder.build + orjson.dumps, per message kind.
+
+Decoded lines (as the CRI decoder hands them) of one kind at a time: plain text, app JSON,
+KubeArmor relay alerts, Falco events, and hostile JSON (a 1 MiB line, a deep object, an object
+with too many fields). Target: the JSON kinds below 3 us/line on one core.
+
+    python benchmarks/bench_parse.py [--lines 100000] [--repeat 5] [--target-us 3] [--gate]
+
+The "floor" column is orjson.loads + orjson.dumps of the bare message alone, the part no
+parser change can remove. Exits 1 only with --gate and a JSON kind over the target.
+"""
+
+import argparse
+import os
+import random
+import sys
+import time
+
+import orjson
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_pipeline import FALCO, KUBEARMOR, app_json, text_line  # noqa: E402
+
+from shipper.parse.records import JsonOptions, RecordBuilder  # noqa: E402
+
+KUBE = orjson.Fragment(orjson.dumps({"pod_name": "p", "namespace_name": "ns", "container_name": "c"}))
+
+
+def lines_of(kind: str, count: int) -> list[tuple]:
+    rng = random.Random(7)
+    if kind == "text":
+        messages = [text_line(rng, i) for i in range(count)]
+    elif kind == "app JSON":
+        messages = [app_json(rng, i) for i in range(count)]
+    elif kind == "KubeArmor":
+        messages = [KUBEARMOR] * count
+    elif kind == "Falco":
+        messages = [FALCO] * count
+    elif kind == "1 MiB JSON":
+        messages = ['{"msg":"' + "x" * (1 << 20) + '"}'] * count
+    elif kind == "too deep":
+        messages = ['{"a":' * 30 + "1" + "}" * 30] * count
+    elif kind == "too many fields":
+        messages = [orjson.dumps({f"k{i}": i for i in range(1500)}).decode()] * count
+    else:
+        raise ValueError(kind)
+    t = "2026-11-20T10:00:00.123456789Z"
+    return [(i * 100, t, "stdout", m.encode(), 0) for i, m in enumerate(messages)]
+
+
+def measure(lines: list[tuple], repeat: int, batch: int = 1000) -> float:
+    builder, dumps, newline = RecordBuilder(JsonOptions()), orjson.dumps, orjson.OPT_APPEND_NEWLINE
+    best = None
+    for _ in range(repeat):
+        cpu = time.process_time()
+        for start in range(0, len(lines), batch):
+            records, offsets = [], []
+            builder.build(lines[start:start + batch], KUBE, records, offsets)
+            b"".join([dumps(record, option=newline) for record in records])
+        us = (time.process_time() - cpu) / len(lines) * 1e6
+        best = us if best is None else min(best, us)
+    return best
+
+
+def floor(lines: list[tuple], repeat: int) -> float:
+    loads, dumps = orjson.loads, orjson.dumps
+    best = None
+    for _ in range(repeat):
+        cpu = time.process_time()
+        for line in lines:
+            try:
+                dumps(loads(line[3]))
+            except orjson.JSONDecodeError:
+                pass
+        us = (time.process_time() - cpu) / len(lines) * 1e6
+        best = us if best is None else min(best, us)
+    return best
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lines", type=int, default=100_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--target-us", type=float, default=3.0)
+    parser.add_argument("--gate", action="store_true", help="exit 1 when a JSON kind is over the target")
+    args = parser.parse_args()
+    failed = False
+    for kind, count in [("text", args.lines), ("app JSON", args.lines), ("KubeArmor", args.lines),
+                        ("Falco", args.lines), ("1 MiB JSON", 20), ("too deep", args.lines // 10),
+                        ("too many fields", 200)]:
+        lines = lines_of(kind, count)
+        us = measure(lines, args.repeat)
+        base = floor(lines, args.repeat)
+        gated = kind in ("app JSON", "KubeArmor", "Falco")
+        note = ""
+        if gated:
+            ok = us <= args.target_us
+            failed |= not ok
+            note = f"  (target <= {args.target_us}: {'ok' if ok else 'OVER'})"
+        print(f"{kind:16s} {us:10.2f} CPU us/line   floor {base:10.2f}{note}")
+    print("OVER target" if failed else "PASS")
+    return 1 if failed and args.gate else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

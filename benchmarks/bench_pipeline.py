@@ -65,12 +65,17 @@ def text_line(rng: random.Random, i: int) -> str:
 def write_corpus(directory: str, lines: int, files: int) -> int:
     """A mix like a real node: half text, 30% app JSON, 10% KubeArmor, 10% Falco."""
     rng = random.Random(7)
-    handles = [open(os.path.join(directory, f"pod-{n}_ns_c-{n:064x}.log"), "w") for n in range(files)]
+    # KubeArmor alerts come from the relay's container and Falco events from falco's, so the
+    # shipper recognises and types them as on a real node; everything else from app pods.
+    containers = ["kubearmor-relay", "falco"] + ["app"] * (files - 2)
+    handles = [open(os.path.join(directory, f"pod-{n}_ns_{name}-{n:064x}.log"), "w")
+               for n, name in enumerate(containers)]
     for i in range(lines):
         kind = i % 10
         message = text_line(rng, i) if kind < 5 else app_json(rng, i) if kind < 8 else KUBEARMOR if kind == 8 else FALCO
         ts = f"2026-11-20T10:{i // 60000 % 60:02d}:{i // 1000 % 60:02d}.{i % 1000:03d}{rng.randrange(1000000):06d}Z"
-        handles[i % files].write(f"{ts} {'stdout' if kind else 'stderr'} F {message}\n")
+        handle = handles[0] if kind == 8 else handles[1] if kind == 9 else handles[2 + i % (files - 2)]
+        handle.write(f"{ts} {'stdout' if kind else 'stderr'} F {message}\n")
     for handle in handles:
         handle.close()
     return sum(os.path.getsize(h.name) for h in handles)

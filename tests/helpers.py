@@ -83,6 +83,15 @@ async def run_until(pipeline: Pipeline, condition: Callable[[], bool], timeout: 
         await task
 
 
+async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``condition`` from inside a running scenario until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
 def cri(time: str, stream: str, tag: str, content: str | bytes) -> bytes:
     content = content.encode() if isinstance(content, str) else content
     return f"{time} {stream} {tag} ".encode() + content + b"\n"

@@ -95,13 +95,13 @@ def test_invalid_utf8_inside_json_strings_is_replaced_then_merged():
 
 def test_caps_are_counted_and_configurable():
     _, counts = build(DEEP_21.encode())
-    assert counts.json_too_deep == 1 and counts.flagged == {"json_too_deep": 1} and counts.json_merged == 0
+    assert counts.flagged == {"json_too_deep": 1} and counts.json_merged == 0
     _, counts = build(FIELDS_1001.encode())
-    assert counts.json_too_many_fields == 1 and counts.flagged == {"json_too_many_fields": 1}
+    assert counts.flagged == {"json_too_many_fields": 1}
     record, _ = build(DEEP_21.encode(), JsonOptions(max_depth=30))
     assert "a" in record
     record, counts = build(b'{"a":1,"b":2,"c":3}', JsonOptions(max_fields=2))
-    assert "a" not in record and counts.json_too_many_fields == 1
+    assert "a" not in record and counts.flagged == {"json_too_many_fields": 1}
 
 
 # --- KubeArmor (PROTOCOLS.md section 4) ---------------------------------------------------

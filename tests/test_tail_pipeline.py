@@ -1,13 +1,14 @@
 """Tailing real files through the whole pipeline: chunk boundaries, acks, restarts."""
 
 import asyncio
+import re
 
 import orjson
 import pytest
 
 from shipper.config import FilterRule
 from shipper.tail.positions import load_positions
-from tests.helpers import CollectingSink, cri, make_config, make_pipeline, run_until
+from tests.helpers import CollectingSink, cri, make_config, make_pipeline, run_until, wait_for
 
 T = "2026-11-20T10:00:00.5Z"
 
@@ -95,8 +96,7 @@ def test_checkpoint_is_the_longest_acknowledged_prefix(tmp_path):
 
     async def scenario():
         task = asyncio.create_task(pipeline.run())
-        while len(stalled.records) < 1000:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(stalled.records) >= 1000)
         ranges = list(stalled.unacked)
         ranges[1].ack()
         ranges[3].ack()
@@ -124,14 +124,13 @@ def test_a_range_waits_for_every_sink_it_was_routed_to(tmp_path):
     log = tmp_path / "app.log"
     write(log, b"".join(cri(T, "stdout", "F", f"line {i}") for i in range(50)))
     fast, slow = CollectingSink("fast"), CollectingSink("slow", auto_ack=False)
-    follow(tmp_path, [str(log)], [fast, slow], lambda: len(slow.records) == 50)
+    _, metrics = follow(tmp_path, [str(log)], [fast, slow], lambda: len(slow.records) == 50)
     assert len(fast.records) == 50
     assert checkpoint(tmp_path) == 0
+    assert metrics.value("shipper_file_lag_bytes", path=str(log)) == log.stat().st_size
 
 
 def test_records_dropped_by_a_filter_are_acknowledged_at_once(tmp_path):
-    import re
-
     log = tmp_path / "app.log"
     write(log, b"".join(cri(T, "stdout", "F", f"debug {i}") for i in range(50)) + cri(T, "stdout", "F", "error!"))
     sink = CollectingSink(auto_ack=False)
@@ -152,13 +151,11 @@ def test_an_incomplete_last_line_waits_for_its_newline(tmp_path):
 
     async def scenario():
         task = asyncio.create_task(pipeline.run())
-        while len(sink.records) < 1:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(sink.records) >= 1)
         await asyncio.sleep(0.2)
         assert sink.messages == ["complete"]
         write(log, b"tten\n", mode="ab")
-        while len(sink.records) < 2:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(sink.records) >= 2)
         pipeline.stop()
         await task
 
@@ -206,8 +203,7 @@ def test_reading_pauses_when_the_in_flight_budget_is_used(tmp_path):
         assert pipeline.in_flight_bytes < 256 * 1024 + 65536
         stalled.ack_first(len(stalled.unacked))
         stalled.auto_ack = True
-        while len(stalled.records) < 20000:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(stalled.records) >= 20000)
         pipeline.stop()
         await task
         return held
@@ -247,17 +243,17 @@ def test_positions_are_written_periodically_while_running(tmp_path):
     async def scenario():
         task = asyncio.create_task(pipeline.run())
         positions = tmp_path / "positions.json"
-        while not positions.exists() or checkpoint(tmp_path) != log.stat().st_size:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: positions.exists() and checkpoint(tmp_path) == log.stat().st_size)
         write(log, cri(T, "stdout", "F", "b"), mode="ab")
-        while checkpoint(tmp_path) != log.stat().st_size:  # written again without a shutdown
-            await asyncio.sleep(0.01)
+        # written again without a shutdown
+        await wait_for(lambda: checkpoint(tmp_path) == log.stat().st_size)
         assert not task.done()
         pipeline.stop()
         await task
 
     asyncio.run(scenario())
     assert metrics.value("shipper_position_saves_total") >= 2
+    assert metrics.value("shipper_file_lag_bytes", path=str(log)) == 0  # everything acknowledged
 
 
 def test_read_from_tail_applies_only_to_files_present_at_the_first_start(tmp_path):
@@ -270,12 +266,10 @@ def test_read_from_tail_applies_only_to_files_present_at_the_first_start(tmp_pat
 
     async def scenario():
         task = asyncio.create_task(pipeline.run())
-        while not pipeline.files:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: bool(pipeline.files))
         write(old, cri(T, "stdout", "F", "appended"), mode="ab")
         write(new, cri(T, "stdout", "F", "new file from its head"))
-        while len(sink.records) < 2:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(sink.records) >= 2)
         pipeline.stop()
         await task
 
@@ -293,14 +287,12 @@ def test_a_file_truncated_in_place_is_read_again_from_its_start(tmp_path, after_
 
     async def scenario():
         task = asyncio.create_task(pipeline.run())
-        while len(sink.records) < 100:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(sink.records) >= 100)
         with open(log, "r+b") as handle:  # what logrotate's copytruncate does after copying
             handle.truncate(0)
         write(log, b"".join(cri("2026-11-20T11:00:00.5Z", "stdout", "F", f"after {i}") for i in range(after_lines)),
               mode="ab")
-        while len(sink.records) < 100 + after_lines:
-            await asyncio.sleep(0.01)
+        await wait_for(lambda: len(sink.records) >= 100 + after_lines)
         pipeline.stop()
         await task
 

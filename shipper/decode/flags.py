@@ -15,8 +15,3 @@ NAMES = {
     INVALID_UTF8: "invalid_utf8",
     BAD_TIME: "bad_time",
 }
-
-
-def names(flags: int) -> list[str]:
-    """The names of the bits set in ``flags``, in a stable order."""
-    return [name for bit, name in NAMES.items() if flags & bit]

@@ -77,8 +77,6 @@ class BuildCounts:
     flagged: dict  # flag name -> records
     json_merged: int = 0
     json_key_conflicts: int = 0
-    json_too_deep: int = 0  # objects not merged: nested deeper than json.max_depth
-    json_too_many_fields: int = 0  # objects not merged: more than json.max_fields keys
     kubearmor: int = 0  # KubeArmor relay events recognised
     falco: int = 0  # Falco events recognised
 
@@ -152,7 +150,6 @@ class RecordBuilder:
                     parsed = None
                     if "depth" in str(error):  # orjson's own limit (1024 levels)
                         flags |= JSON_TOO_DEEP
-                        counts.json_too_deep += 1
                 # A cap could only be exceeded with more than max_depth of '{'/'[', or (a key takes
                 # at least 4 characters) a message over 4 * max_fields long: only then walk.
                 if type(parsed) is dict and (
@@ -166,11 +163,9 @@ class RecordBuilder:
                     limit = walk(parsed, max_depth, max_fields)
                     if limit == TOO_DEEP:
                         flags |= JSON_TOO_DEEP
-                        counts.json_too_deep += 1
                         parsed = None
                     elif limit:
                         flags |= JSON_TOO_MANY_FIELDS
-                        counts.json_too_many_fields += 1
                         parsed = None
                 if type(parsed) is dict:
                     if maybe_kubearmor and "HostName" in parsed and kubearmor.is_kubearmor(parsed):

@@ -291,7 +291,7 @@ class Pipeline:
         ack_range = tailed.acks.open_range(range_start, range_end, len(inp.sinks) if records else 0, size)
         if records:
             for sink in inp.sinks:
-                sink.accept(records, offsets, tailed.key, ack_range)
+                sink.accept(records, offsets, tailed, ack_range)
 
     def _range_done(self, ack_range: AckRange) -> None:
         self.in_flight_bytes -= ack_range.size

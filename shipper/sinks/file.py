@@ -4,6 +4,7 @@ not of the node). For local runs, and the sink the crash tests count lines with.
 import orjson
 
 from shipper.acks import AckRange
+from shipper.sinks import Source
 from shipper.metrics import Metrics
 
 
@@ -17,7 +18,7 @@ class FileSink:
     async def start(self) -> None:
         self._file = open(self.path, "ab")
 
-    def accept(self, records: list[dict], offsets: list[int], file_key: str, ack_range: AckRange) -> None:
+    def accept(self, records: list[dict], offsets: list[int], source: Source, ack_range: AckRange) -> None:
         dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         self._file.write(b"".join([dumps(record, option=newline) for record in records]))
         self._file.flush()

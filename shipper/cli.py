@@ -13,6 +13,7 @@ from shipper.config import Config, ConfigError, InputConfig, SinkConfig, load_co
 from shipper.metrics import HealthState, Metrics, serve_metrics
 from shipper.pipeline import Input, Pipeline
 from shipper.sinks import Sink
+from shipper.sinks.elasticsearch import ElasticsearchSink
 from shipper.sinks.file import FileSink
 from shipper.sinks.stdout import StdoutSink
 from shipper.tail.positions import PositionsError
@@ -108,6 +109,8 @@ def build_sinks(config: Config, metrics: Metrics) -> dict[str, Sink]:
             sinks[name] = StdoutSink(name, metrics)
         elif sink_config.type == "file":
             sinks[name] = FileSink(name, sink_config.options.path, metrics)
+        elif sink_config.type == "elasticsearch":
+            sinks[name] = ElasticsearchSink(name, sink_config.options, metrics, config.node_name)
     return sinks
 
 

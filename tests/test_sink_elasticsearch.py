@@ -2,13 +2,15 @@
 class is handled the way PROTOCOLS.md §1 says it must be."""
 
 import asyncio
+import glob
 import logging
+import os
 
 import orjson
 import pytest
 
-from shipper.cli import build_sinks
-from shipper.config import parse_config
+from shipper.cli import build_sinks, samples_glob
+from shipper.config import load_config, parse_config
 from shipper.metrics import Metrics
 from shipper.pipeline import Input, Pipeline
 from tests.helpers import cri, wait_for
@@ -24,6 +26,7 @@ from tests.receivers.elasticsearch import (
     RejectRequest,
 )
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAY1 = "2026-11-20T10:00:00.5Z"
 DAY2 = "2026-11-21T00:00:01.25Z"
 INDEX1 = "logstash-2026.11.20"
@@ -36,8 +39,9 @@ def sink_yaml(url: str, **options) -> str:
     return orjson.dumps(settings).decode()
 
 
-def make(tmp_path, url: str, read: str = "", buffer: str = "", **options) -> tuple[Pipeline, Metrics]:
-    paths = [str(tmp_path / "*.log")]
+def make(tmp_path, url: str, read: str = "", buffer: str = "", paths: list[str] | None = None, one_shot=False,
+         **options) -> tuple[Pipeline, Metrics]:
+    paths = paths or [str(tmp_path / "*.log")]
     text = (
         f"positions: {{path: {tmp_path}/positions.json, checkpoint_interval_secs: 0.05}}\n"
         f"read: {{poll_interval_secs: 0.01{read}}}\n"
@@ -51,7 +55,7 @@ def make(tmp_path, url: str, read: str = "", buffer: str = "", **options) -> tup
     metrics = Metrics()
     sinks = build_sinks(config, metrics)
     inputs = [Input.from_config(inp, [sinks[name] for name in inp.sinks]) for inp in config.inputs]
-    return Pipeline(config, inputs, metrics), metrics
+    return Pipeline(config, inputs, metrics, one_shot=one_shot, persist_positions=not one_shot), metrics
 
 
 def write_lines(path, count: int, start: int = 0, time: str = DAY1) -> None:
@@ -77,6 +81,30 @@ def acknowledged(pipeline: Pipeline, path) -> bool:
 
 def messages(es: ElasticsearchReceiver, index: str = INDEX1) -> list[str]:
     return sorted((doc["log"] for doc in es.documents(index)), key=lambda m: int(m.split()[-1]))
+
+
+@pytest.mark.parametrize("version", ["8.19.0", "9.1.0"])
+def test_the_sample_logs_land_with_a_count_equal_to_the_records(tmp_path, version):
+    """With the example configuration: one index per namespace and day."""
+    environ = {"ES_URL": "", "ES_PASSWORD": "", "SHIPPER_LOG_GLOB": samples_glob(),
+               "SHIPPER_POSITIONS": str(tmp_path / "positions.json"),
+               "SHIPPER_DEAD_LETTER": str(tmp_path / "dead-letter.ndjson")}
+    with ElasticsearchReceiver(version=version, auth=BasicAuth("elastic", "changeme")) as es:
+        environ["ES_URL"] = es.url
+        config = load_config(os.path.join(REPO, "config", "elasticsearch.yaml"), environ)
+        metrics = Metrics()
+        sinks = build_sinks(config, metrics)
+        inputs = [Input.from_config(inp, [sinks[name] for name in inp.sinks]) for inp in config.inputs]
+        asyncio.run(Pipeline(config, inputs, metrics, one_shot=True, persist_positions=False).run())
+        assert metrics.value("shipper_records_total") == 115
+        assert es.count() == 115
+        assert not (tmp_path / "dead-letter.ndjson").exists()
+        (relay_file,) = glob.glob(samples_glob().replace("*.log", "kubearmor-relay-*.log"))
+        with open(relay_file, "rb") as handle:
+            sample_alerts = sum(b'"Severity"' in line for line in handle)
+        alerts = [doc for doc in es.documents("logstash-kubearmor-2026.11.20") if "Severity" in doc]
+        # Kibana charts alerts by severity: a number in every alert, so one mapping type.
+        assert len(alerts) == sample_alerts and all(isinstance(doc["Severity"], int) for doc in alerts)
 
 
 @pytest.mark.parametrize("version", ["8.19.0", "9.1.0"])

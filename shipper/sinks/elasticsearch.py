@@ -30,7 +30,7 @@ from shipper.acks import AckRange
 from shipper.metrics import Metrics
 from shipper.sinks import Source
 from shipper.sinks.delivery import Backoff, Batcher, DeadLetterFile, PendingAck
-from shipper.sinks.elasticsearch_options import ElasticsearchOptions, render_index
+from shipper.sinks.elasticsearch_options import ElasticsearchOptions, file_index_template, render_index
 
 log = logging.getLogger("shipper.sinks.elasticsearch")
 
@@ -53,8 +53,8 @@ class ElasticsearchSink:
         self._dead_letters = DeadLetterFile(delivery.dead_letter_path, name)
         self._batcher = Batcher(delivery.batch, delivery.max_in_flight_requests, self._send, self._count_bytes)
         self._in_flight = 0
-        self._file_ids: dict[str, str] = {}
-        self._index_by_hour: dict[str, bytes] = {}
+        self._files: dict[str, tuple[bytes, str]] = {}  # source key -> (file id, index template)
+        self._action_starts: dict[tuple[str, str], bytes] = {}  # (index template, hour) -> bytes
         self._delivered = metrics.sink_records.labels(sink=name)
         self._replayed = metrics.sink_replayed.labels(sink=name)
         self._rejected = metrics.sink_rejected
@@ -81,25 +81,26 @@ class ElasticsearchSink:
     # ---- encoding (on the pipeline's loop, per chunk) -------------------------------------
 
     def accept(self, records: list[dict], offsets: list[int], source: Source, ack_range: AckRange) -> None:
-        file_id = self._file_ids.get(source.key)
-        if file_id is None:
-            file_id = self._file_ids[source.key] = _file_id(self._node_name, source.key)
+        known = self._files.get(source.key)
+        if known is None:
+            template = self.options.data_stream or file_index_template(self.options.index, source.kubernetes)
+            known = self._files[source.key] = (_file_id(self._node_name, source.key), template)
+        file_id, template = known
         pending = PendingAck(ack_range, len(records))
-        index_by_hour, dumps = self._index_by_hour, orjson.dumps
+        action_starts, dumps = self._action_starts, orjson.dumps
         items, sizes = [], []
         for record, offset in zip(records, offsets):
             hour = record["@timestamp"][:13]
-            action_start = index_by_hour.get(hour) or self._action_start(hour)
+            action_start = action_starts.get((template, hour)) or self._action_start(template, hour)
             action = b"%s%s-%x\"}}\n" % (action_start, file_id, offset)
             document = dumps(record, option=orjson.OPT_APPEND_NEWLINE)
             items.append((action, document, pending))
             sizes.append(len(action) + len(document))
         self._batcher.add(items, sizes)
 
-    def _action_start(self, hour: str) -> bytes:
-        options = self.options
-        index = options.data_stream or render_index(options.index, hour)
-        start = self._index_by_hour[hour] = b'{"create":{"_index":"%s","_id":"' % index.encode()
+    def _action_start(self, template: str, hour: str) -> bytes:
+        index = render_index(template, hour)
+        start = self._action_starts[template, hour] = b'{"create":{"_index":"%s","_id":"' % index.encode()
         return start
 
     def _count_bytes(self, change: int) -> None:

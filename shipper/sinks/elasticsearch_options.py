@@ -5,6 +5,12 @@ as Fluent Bit's ``Logstash_Format`` and fluentd's ``utc_index`` do, so a replay 
 lands in the day it belongs to: ``logstash-%Y.%m.%d`` (the default), or a fixed name with no
 ``%`` at all. ``data_stream`` writes to a data stream instead (its documents need
 ``create``, which the sink always uses).
+
+``{kubernetes.namespace_name}`` (and ``pod_name``, ``container_name``, ``host``) in the
+template put each file's records in their own index, like Fluent Bit's
+``Logstash_Prefix_Key`` and Vector's ``{{ field }}``: apps in different namespaces often log
+the same field with different types (etcd's ``ts`` is a string, a zap app's a float), and
+in one shared index the second type is a mapping conflict.
 """
 
 import re
@@ -18,6 +24,9 @@ DEFAULT_INDEX = "logstash-%Y.%m.%d"
 # Only fields a record's date and hour decide: a per-minute index would be an outage.
 _DATE_FIELDS = re.compile(r"%[YmdHjy]")
 _FORBIDDEN_CHARACTERS = set('\\/*?"<>| ,#:')
+FILE_FIELDS = ("namespace_name", "pod_name", "container_name", "host")
+_FILE_FIELD = re.compile(r"\{kubernetes\.(\w+)\}")
+_SAMPLE_FILE = {"namespace_name": "kube-system", "pod_name": "etcd-node-1", "container_name": "etcd", "host": "node-1"}
 
 
 @dataclass(frozen=True)
@@ -42,11 +51,27 @@ def read_elasticsearch_options(reader: ConfigReader, spec: dict, path: str, defa
     leftover = _DATE_FIELDS.sub("", template)
     if "%" in leftover.replace("%%", ""):
         raise reader.fail(f"{path}.index", f"'{template}' may only use the date fields %Y %y %m %d %j %H")
-    sample = render_index(template, "2026-01-31T23:00:00.000Z")
+    for field in _FILE_FIELD.findall(template):
+        if field not in FILE_FIELDS:
+            known = ", ".join("{kubernetes.%s}" % f for f in FILE_FIELDS)
+            raise reader.fail(f"{path}.index", f"'{{kubernetes.{field}}}' is not a file field (known: {known})")
+    if "{" in _FILE_FIELD.sub("", template) or "}" in _FILE_FIELD.sub("", template):
+        raise reader.fail(f"{path}.index", f"'{template}' has a brace that is not a {{kubernetes.<field>}}")
+    sample = render_index(file_index_template(template, _SAMPLE_FILE), "2026-01-31T23:00:00.000Z")
     problem = index_name_problem(sample)
     if problem:
         raise reader.fail(f"{path}.index", f"'{template}' gives index names like '{sample}', which {problem}")
     return ElasticsearchOptions(delivery=delivery, index=template)
+
+
+def file_index_template(template: str, kubernetes: dict) -> str:
+    """``template`` with the file's ``{kubernetes.<field>}`` filled in (``unknown`` when the
+    file name did not say), made safe as an index name part."""
+    def value(match: re.Match) -> str:
+        text = str(kubernetes.get(match.group(1)) or "unknown").lower()
+        return "".join("_" if c in _FORBIDDEN_CHARACTERS or c == "%" else c for c in text)
+
+    return _FILE_FIELD.sub(value, template)
 
 
 def render_index(template: str, timestamp: str) -> str:

@@ -804,6 +804,19 @@ def test_a_count_body_takes_only_a_query(es, index):
     refused = httpx.post(es.url + "/_count", content=body, headers={"Content-Type": "application/json"})
     assert refused.status_code == 400  # located at the key, on the second line
     assert refused.json() == whole_error(400, "parsing_exception", "request does not support [size]", line=2, col=3)
+    # Failures other than a parsing_exception are wrapped, unlike in _search.
+    empty = httpx.post(es.url + "/_count", json={"query": {}}).json()["error"]
+    assert empty == {
+        "root_cause": [{"type": "parsing_exception", "reason": "Failed to parse", "line": 1, "col": 11}],
+        "type": "parsing_exception",
+        "reason": "Failed to parse",
+        "line": 1,
+        "col": 11,
+        "caused_by": {
+            "type": "illegal_argument_exception",
+            "reason": "query malformed, empty clause found at [1:11]",
+        },
+    }
 
 
 def test_search_hits_carry_index_id_score_and_source(es, index):
@@ -877,6 +890,8 @@ def test_size_from_and_total_hits(es, index):
     negative = httpx.get(url + "?size=-1")
     assert negative.status_code == 400
     assert negative.json()["error"]["reason"] == "[size] parameter cannot be negative, found [-1]"
+    before_start = httpx.post(url, json={"from": -1}).json()["error"]
+    assert before_start["reason"] == "[from] parameter cannot be negative but was [-1]"
 
 
 def test_an_unknown_query_is_a_parsing_exception(es, index):
@@ -894,9 +909,13 @@ def test_an_unknown_query_is_a_parsing_exception(es, index):
         Elasticsearch(es.url).search(query={"mach": {"message": "x"}})
     malformed = httpx.post(es.url + "/_search", json={"query": {"term": "x"}}).json()["error"]
     assert malformed["reason"] == "[term] query malformed, no start_object after query name"
-    empty = httpx.post(es.url + "/_count", json={"query": {}}).json()["error"]
+    empty = httpx.post(es.url + "/_search", json={"query": {}}).json()["error"]
     assert empty["type"] == "illegal_argument_exception"
-    assert empty["reason"] == "query malformed, empty clause found at [1:10]"
+    assert empty["reason"] == "query malformed, empty clause found at [1:11]"
+    in_bool = httpx.post(es.url + "/_search", json={"query": {"bool": {"must": [{}]}}}).json()["error"]
+    assert in_bool["type"] == "x_content_parse_exception"
+    assert in_bool["reason"].endswith("[bool] failed to parse field [must]")
+    assert in_bool["caused_by"]["reason"] == "query malformed, empty clause found at [1:28]"
     unemulated = httpx.post(es.url + "/_search", json={"query": {"range": {"n": {"gte": 1}}}}).json()["error"]
     assert unemulated["reason"] == "query [range] is not emulated by this fake Elasticsearch"
     broken = httpx.post(es.url + "/_search", content=b'{"query":', headers={"Content-Type": "application/json"})

@@ -1782,10 +1782,10 @@ class _QueryParser:
         self._current = next(self._tokens, None)
         return self._current
 
-    def _parsing_error(self, token: _Token | None, reason: str) -> RequestRejected:
+    def _parsing_error(self, token: _Token | None, reason: str, cause: dict | None = None) -> RequestRejected:
         """ParsingException, located at the token (line and Jackson's column)."""
         line, column = self._line_column(len(self._text) if token is None else token.start)
-        return _bad_request(_exception("parsing_exception", reason, line=line, col=column))
+        return _bad_request(_exception("parsing_exception", reason, caused_by=cause, line=line, col=column))
 
     def _line_column(self, index: int) -> tuple[int, int]:
         line_start = self._text.rfind("\n", 0, index) + 1
@@ -1793,6 +1793,18 @@ class _QueryParser:
 
     def parse(self, *, search: bool) -> dict:
         """{"query": _Query, and for a search "size", "from", "track_total_hits"}."""
+        try:
+            return self._parse(search=search)
+        except RequestRejected as rejection:
+            error = rejection.body["error"]
+            if search or error["type"] == "parsing_exception":
+                raise
+            # RestActions.getQueryContent: any other failure becomes "Failed to parse", located
+            # where the parser stopped, with the original as its cause.
+            cause = {key: value for key, value in error.items() if key != "root_cause"}
+            raise self._parsing_error(self._current, "Failed to parse", cause) from None
+
+    def _parse(self, *, search: bool) -> dict:
         parsed: dict = {"query": _MatchAll()}
         try:
             first = self._next()
@@ -1816,15 +1828,15 @@ class _QueryParser:
             if self._next() is not None:
                 raise self._parsing_error(self._current, "Unexpected data after the request body")  # unverified
         except JsonSyntaxError as error:
+            self._current = None  # Jackson stopped at the error; the location is approximate
             raise _bad_request(_xcontent_exception(error)) from None
         return parsed
 
     def _inner_query(self) -> _Query:
         """Called at the START_OBJECT of a query; returns after its END_OBJECT."""
-        start = self._current
         token = self._next()
-        if token.kind == END_OBJECT:
-            raise _illegal_argument(f"query malformed, empty clause found at [{self._location(start)}]")
+        if token.kind == END_OBJECT:  # located at the closing brace
+            raise _illegal_argument(f"query malformed, empty clause found at [{self._location(token)}]")
         name = token.value
         body = self._next()
         if body.kind != START_OBJECT:
@@ -1879,19 +1891,30 @@ class _QueryParser:
         while (token := self._next()).kind != END_OBJECT:
             name = token.value
             value = self._next()
-            if name in clauses and value.kind == START_OBJECT:
-                clauses[name].append(self._inner_query())
-            elif name in clauses and value.kind == START_ARRAY:
-                while (element := self._next()).kind != END_ARRAY:
-                    if element.kind != START_OBJECT:
-                        raise self._parsing_error(element, "[bool] query malformed, expected an object")  # unverified
-                    clauses[name].append(self._inner_query())
+            if name in clauses and value.kind in (START_OBJECT, START_ARRAY):
+                try:
+                    clauses[name].extend(self._clauses(value))
+                except RequestRejected as rejection:
+                    # BoolQueryBuilder parses with an ObjectParser, which wraps what its field
+                    # parsers throw, located at the field's value (the location was not verified).
+                    cause = {key: item for key, item in rejection.body["error"].items() if key != "root_cause"}
+                    reason = f"[{self._location(value)}] [bool] failed to parse field [{name}]"
+                    raise _bad_request(_exception("x_content_parse_exception", reason, caused_by=cause)) from None
             elif name in ("boost", "_name", "minimum_should_match", "adjust_pure_negative") and value.kind in _SCALARS:
                 if name == "minimum_should_match":
                     raise _illegal_argument("[minimum_should_match] is not emulated by this fake Elasticsearch")
             else:
                 raise self._parsing_error(token, f"[bool] query does not support [{name}]")
         return _Bool(**clauses)
+
+    def _clauses(self, value: _Token) -> Iterator[_Query]:
+        if value.kind == START_OBJECT:
+            yield self._inner_query()
+            return
+        while (element := self._next()).kind != END_ARRAY:
+            if element.kind != START_OBJECT:
+                raise self._parsing_error(element, "[bool] query malformed, expected an object")  # unverified
+            yield self._inner_query()
 
 
 def _resolve_indices(indices: Mapping[str, _Index], expression: str | None) -> list[_Index]:
@@ -1919,6 +1942,8 @@ def _non_negative(name: str, value: object) -> int:
         number = int(value)
     except (TypeError, ValueError):
         raise _illegal_argument(f"[{name}] must be a number, found [{value}]") from None  # unverified wording
+    if number < 0 and name == "from":
+        raise _illegal_argument(f"[from] parameter cannot be negative but was [{number}]")
     if number < 0:
         raise _illegal_argument(f"[{name}] parameter cannot be negative, found [{number}]")
     return number

@@ -93,7 +93,8 @@ class Batcher:
 
     An item is whatever the sink encodes: best one per accepted chunk holding many records
     (a few Python objects per chunk, not per record, keeps memory close to the encoded
-    bytes). A batch may overshoot the limits by the one item that crossed them.
+    bytes). A sink keeps ``max_records`` exact by cutting items at ``room()``; ``max_bytes``
+    may be passed by the one item that crossed it.
     """
 
     def __init__(self, options: BatchOptions, senders: int, send: Callable[[list], Awaitable[None]],
@@ -112,6 +113,10 @@ class Batcher:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._sender()) for _ in range(self._senders)]
         self._tasks.append(asyncio.create_task(self._flush_timer()))
+
+    def room(self) -> int:
+        """How many more records the batch being filled takes."""
+        return self.options.max_records - self._records
 
     def add(self, item, size: int, records: int) -> None:
         """Take one item of ``size`` encoded bytes holding ``records`` records."""

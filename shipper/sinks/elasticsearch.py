@@ -86,16 +86,28 @@ class ElasticsearchSink:
             template = self.options.data_stream or file_index_template(self.options.index, source.kubernetes)
             known = self._files[source.key] = (_file_id(self._node_name, source.key), template)
         file_id, template = known
+        pending = PendingAck(ack_range, len(records))
+        start, end = 0, len(records)
+        while start < end:
+            # Cut at the open batch's room so every batch keeps to batch.max_records.
+            stop = min(end, start + self._batcher.room())
+            body = self._encode(records, offsets, start, stop, file_id, template)
+            self._batcher.add(_Piece(body, stop - start, pending), len(body), stop - start)
+            start = stop
+
+    def _encode(self, records: list[dict], offsets: list[int], start: int, stop: int, file_id: bytes,
+                template: str) -> bytes:
+        """Action and document lines of ``records[start:stop]``, joined."""
         action_starts, dumps, newline = self._action_starts, orjson.dumps, orjson.OPT_APPEND_NEWLINE
         parts = []
         append = parts.append
-        for record, offset in zip(records, offsets):
+        for i in range(start, stop):
+            record = records[i]
             hour = record["@timestamp"][:13]
             action_start = action_starts.get((template, hour)) or self._action_start(template, hour)
-            append(b'%s%s-%x"}}\n' % (action_start, file_id, offset))
+            append(b'%s%s-%x"}}\n' % (action_start, file_id, offsets[i]))
             append(dumps(record, option=newline))
-        body = b"".join(parts)
-        self._batcher.add(_Piece(body, len(records), PendingAck(ack_range, len(records))), len(body), len(records))
+        return b"".join(parts)
 
     def _action_start(self, template: str, hour: str) -> bytes:
         index = render_index(template, hour)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from elasticsearch import AuthenticationException, BadRequestError, Elasticsearch, NotFoundError, helpers
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import TlsError
+from elasticsearch import ApiError, AuthenticationException, BadRequestError, Elasticsearch, NotFoundError, helpers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -1102,3 +1104,87 @@ def test_the_fast_and_the_exact_action_line_paths_agree(action, metadata):
         key = next(iter(metadata))
         repeated = compact[:-2] + b',"%s":"again"}}' % key.encode()
         assert outcome(repeated)["error"]["caused_by"]["reason"].startswith(f"Duplicate field '{key}'")
+
+
+# HTTPS and ending fault storms ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def es_tls():
+    with ElasticsearchReceiver(version="9.1.0", tls=True) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def es_mtls():
+    with ElasticsearchReceiver(version="9.1.0", require_client_cert=True) as receiver:
+        yield receiver
+
+
+def test_the_official_client_works_over_https_with_the_ca(es_tls, index):
+    assert es_tls.url.startswith("https://127.0.0.1:")
+    client = Elasticsearch(es_tls.url, ca_certs=es_tls.ca_file)
+    assert client.info()["version"]["number"] == "9.1.0"
+    response = client.bulk(operations=[{"create": {"_index": index, "_id": "1"}}, {"m": 1}], refresh=True)
+    assert response["errors"] is False
+    assert es_tls.documents(index) == [{"m": 1}]
+    with pytest.raises(RuntimeError, match="require_client_cert"):
+        es_tls.client_cert_file  # noqa: B018
+
+
+def test_without_the_ca_the_client_fails_verification_and_the_node_carries_on(es_tls, capfd):
+    with pytest.raises(TlsError) as refused:
+        Elasticsearch(es_tls.url, max_retries=0).info()
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.value.message
+    # Plain HTTP on the TLS port is another failed handshake, not a crash.
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(es_tls.url.replace("https://", "http://") + "/", timeout=2)
+    assert Elasticsearch(es_tls.url, ca_certs=es_tls.ca_file).ping() is True
+    assert "Traceback" not in capfd.readouterr().err  # failed handshakes are logged quietly
+
+
+def test_a_client_certificate_is_required_when_asked_for(es_mtls, index):
+    assert Path(es_mtls.client_cert_file).is_file() and Path(es_mtls.client_key_file).is_file()
+    with pytest.raises(TransportConnectionError):
+        Elasticsearch(es_mtls.url, ca_certs=es_mtls.ca_file, max_retries=0).info()
+    client = Elasticsearch(
+        es_mtls.url,
+        ca_certs=es_mtls.ca_file,
+        client_cert=es_mtls.client_cert_file,
+        client_key=es_mtls.client_key_file,
+    )
+    assert client.info()["version"]["number"] == "9.1.0"
+    assert client.bulk(operations=[{"create": {"_index": index}}, {"m": 1}])["errors"] is False
+    assert es_mtls.count(index) == 1
+
+
+def test_tls_files_exist_only_while_running():
+    receiver = ElasticsearchReceiver(tls=True)
+    with pytest.raises(RuntimeError, match="tls=True"):
+        receiver.ca_file  # noqa: B018
+    with receiver:
+        ca_file = Path(receiver.ca_file)
+        assert ca_file.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    assert not ca_file.parent.exists()
+    with ElasticsearchReceiver() as plain:
+        assert plain.url.startswith("http://")  # plain HTTP by default
+
+
+def test_clear_faults_ends_a_429_storm(es, index):
+    client = Elasticsearch(es.url, max_retries=0)
+    operations = [{"create": {"_index": index}}, {"m": 1}]
+    es.inject(*[RejectRequest(429)] * 1000)
+    es.inject(RejectRequest(503), on="_search")
+    for _ in range(3):
+        with pytest.raises(ApiError) as refused:
+            client.bulk(operations=operations)
+        assert refused.value.meta.status == 429
+    dropped = es.clear_faults(on="_bulk")
+    assert dropped == [RejectRequest(429)] * 997
+    assert es.pending_faults == [RejectRequest(503)]  # other endpoints keep theirs
+    assert client.bulk(operations=operations)["errors"] is False
+    assert es.count(index) == 1
+    assert es.clear_faults() == [RejectRequest(503)]
+    assert es.pending_faults == []
+    with pytest.raises(ValueError, match="not _flush"):
+        es.clear_faults(on="_flush")

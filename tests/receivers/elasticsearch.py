@@ -25,7 +25,11 @@ and error body:
   section's comment for the rest of what is simplified.
 - `filter_path`, basic/API-key/bearer authentication, and scripted faults (whole-request 429/
   500/503, dropped connections, slow answers, per-item 429/503 and flood-stage blocks), queued
-  per endpoint: `inject(RejectRequest(503), on="_search")`.
+  per endpoint: `inject(RejectRequest(503), on="_search")`; `clear_faults()` drops what is still
+  queued, so a long fault storm can end on cue.
+- HTTPS (`tls=True`) with a throwaway CA (`ca_file`), optionally requiring a client certificate
+  from the same CA (`require_client_cert=True`; `client_cert_file`, `client_key_file`). Failed
+  handshakes cost only their connection.
 
 Use from tests::
 
@@ -49,7 +53,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import contextlib
 import copy
 import dataclasses
 import enum
@@ -62,6 +65,7 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -71,6 +75,8 @@ from decimal import Decimal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
+
+from tests.receivers._tls import TLSFiles, cut
 
 DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024  # http.max_content_length default (100mb)
 _PRODUCT_HEADER = ("X-elastic-product", "Elasticsearch")
@@ -2097,11 +2103,28 @@ class _Server(http.server.ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], receiver: ElasticsearchReceiver) -> None:
+    def __init__(
+        self, address: tuple[str, int], receiver: ElasticsearchReceiver, context: ssl.SSLContext | None = None
+    ) -> None:
         self.receiver = receiver
+        self._context = context
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        connection, address = super().get_request()
+        if self._context is None:
+            return connection, address
+        # The handshake happens on the first read, in the request's thread, not in the accept loop,
+        # so a client that fails it costs only its own connection.
+        return self._context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False), address
+
+    def handle_error(self, request: socket.socket, client_address: object) -> None:
+        # Failed TLS handshakes (ssl.SSLError) and clients hanging up are OSErrors: a real node
+        # logs them at debug level and carries on.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
     def process_request(self, request: socket.socket, client_address: object) -> None:
         with self._connections_lock:
@@ -2119,8 +2142,7 @@ class _Server(http.server.ThreadingHTTPServer):
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
+            cut(connection)  # already closed by the client is fine
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -2418,11 +2440,18 @@ class ElasticsearchReceiver:
         max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
         count_only: bool = False,
         total_fields_limit: int = 1000,
+        tls: bool = False,
+        require_client_cert: bool = False,
     ) -> None:
         """`count_only` keeps ids and counts but no sources and no mapping, for benchmarks.
 
         `total_fields_limit` is every index's `index.mapping.total_fields.limit` (not applied in
         count-only mode, which keeps no mapping).
+
+        `tls` serves HTTPS with a certificate from a throwaway CA (`ca_file`); with
+        `require_client_cert` (which implies `tls`) the handshake also requires a client
+        certificate from that CA, as `xpack.security.http.ssl.client_authentication: required`
+        does (`client_cert_file`, `client_key_file`). The PEM files live until `stop()`.
         """
         self.version = version
         self.major = int(version.split(".")[0])
@@ -2431,6 +2460,9 @@ class ElasticsearchReceiver:
         self.auth = auth
         self.max_content_length = max_content_length
         self.count_only = count_only
+        self.tls = tls or require_client_cert
+        self.require_client_cert = require_client_cert
+        self._tls_files: TLSFiles | None = None
         self.cluster_uuid = _random_id(16)
         self._address = (host, port)
         self._lock = threading.Lock()
@@ -2453,7 +2485,15 @@ class ElasticsearchReceiver:
 
     def start(self) -> None:
         self._stopping.clear()
-        self._server = _Server(self._address, self)
+        context = None
+        if self.tls:
+            self._tls_files = TLSFiles("fake-elasticsearch-", client_cert=self.require_client_cert)
+            context = self._tls_files.server_context(require_client_cert=self.require_client_cert)
+        try:
+            self._server = _Server(self._address, self, context)
+        except BaseException:
+            self._drop_tls_files()
+            raise
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},  # how long stop() waits for the accept loop
@@ -2471,11 +2511,37 @@ class ElasticsearchReceiver:
         self._server.server_close()
         self._thread.join()
         self._server = None
+        self._drop_tls_files()
+
+    def _drop_tls_files(self) -> None:
+        if self._tls_files is not None:
+            self._tls_files.cleanup()
+            self._tls_files = None
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    def _tls_path(self, name: str) -> str:
+        path = getattr(self._tls_files, name, None) if self._tls_files is not None else None
+        if path is None:
+            wanted = "require_client_cert=True" if name.startswith("client") else "tls=True"
+            raise RuntimeError(f"{name} exists only on a started receiver with {wanted}")
+        return str(path)
+
+    @property
+    def ca_file(self) -> str:
+        """PEM file of the CA that issued the node's certificate (and the client's)."""
+        return self._tls_path("ca_file")
+
+    @property
+    def client_cert_file(self) -> str:
+        return self._tls_path("client_cert_file")
+
+    @property
+    def client_key_file(self) -> str:
+        return self._tls_path("client_key_file")
 
     # Faults
 
@@ -2488,6 +2554,20 @@ class ElasticsearchReceiver:
             raise ValueError("FailItems applies to the items of a _bulk request only")
         with self._lock:
             self._faults[on].extend(faults)
+
+    def clear_faults(self, on: str | None = None) -> list[Fault]:
+        """Drop the faults not yet consumed, for `on` (`_bulk`, `_count` or `_search`) or, with
+        None, for every endpoint; returns what was dropped. Queue a long run of faults, then clear
+        them to have the node recover: `inject(*[RejectRequest(429)] * 10_000)` ... `clear_faults()`.
+        """
+        if on is not None and on not in _ENDPOINTS:
+            raise ValueError(f"faults apply to {', '.join(_ENDPOINTS)}, not {on}")
+        with self._lock:
+            dropped: list[Fault] = []
+            for endpoint in _ENDPOINTS if on is None else (on,):
+                dropped.extend(self._faults[endpoint])
+                self._faults[endpoint].clear()
+            return dropped
 
     @property
     def pending_faults(self) -> list[Fault]:

@@ -47,6 +47,7 @@ def make(tmp_path, url: str, read: str = "", buffer: str = "", paths: list[str] 
         f"read: {{poll_interval_secs: 0.01{read}}}\n"
         f"buffer: {{{buffer}}}\n"
         "metrics: {listen: null}\n"
+        "shutdown: {grace_secs: 1}\n"
         "node_name: node-1\n"
         f"inputs: {{app: {{paths: {orjson.dumps(paths).decode()}, sinks: [es]}}}}\n"
         f"sinks: {{es: {sink_yaml(url, **options)}}}\n"
@@ -326,3 +327,60 @@ def test_several_requests_are_in_flight_at_once(tmp_path):
         assert messages(es) == [f"line {i}" for i in range(40)]
         # Each concurrent request needs its own keep-alive connection: three senders, three.
         assert es.stats.connections == 3
+
+
+def test_a_forbidden_bulk_is_retried_slowly_until_the_role_allows_it(tmp_path, caplog):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver() as es:
+        reason = "action [indices:data/write/bulk[s]] is unauthorized for user [shipper]"
+        es.inject(*[RejectRequest(403, "security_exception", reason)] * 2)
+        pipeline, metrics = make(tmp_path, es.url)
+        with caplog.at_level(logging.ERROR):
+            asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        assert es.count(INDEX1) == 3
+        assert metrics.value("shipper_sink_retries_total", sink="es", reason="http_403") == 2
+        assert "refused the credentials (HTTP 403: security_exception: " + reason in caplog.text
+
+
+def test_a_whole_request_refusal_that_retrying_cannot_fix_is_dead_lettered(tmp_path):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver() as es:
+        es.inject(RejectRequest(400, "illegal_argument_exception", "no write index is defined for alias [logs]"))
+        pipeline, metrics = make(tmp_path, es.url)
+        asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        letters = [orjson.loads(line) for line in (tmp_path / "dead-letter-es.ndjson").read_bytes().splitlines()]
+        assert [letter["record"]["log"] for letter in letters] == ["line 0", "line 1", "line 2"]
+        assert {letter["error"] for letter in letters} == {"no write index is defined for alias [logs]"}
+        assert metrics.value("shipper_sink_records_dead_lettered_total", sink="es",
+                             reason="illegal_argument_exception") == 3
+        assert es.count() == 0
+
+
+def test_tls_verifies_the_server_with_the_configured_ca_and_presents_a_client_certificate(tmp_path):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver(tls=True, require_client_cert=True) as es:
+        tls = {"ca_file": es.ca_file, "cert_file": es.client_cert_file, "key_file": es.client_key_file}
+        pipeline, _ = make(tmp_path, es.url, tls=tls)
+        asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        assert es.count(INDEX1) == 3
+
+
+def test_an_unverifiable_server_certificate_is_refused_and_retried(tmp_path, caplog):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver(tls=True) as es:
+        pipeline, metrics = make(tmp_path, es.url)  # verify on, the system CAs do not know this one
+
+        async def scenario():
+            task = asyncio.create_task(pipeline.run())
+            await wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in caplog.text)
+            pipeline.stop()
+            await task
+
+        with caplog.at_level(logging.WARNING):
+            asyncio.run(scenario())
+        assert es.count() == 0
+        assert not acknowledged(pipeline, log)

@@ -52,7 +52,7 @@ class ElasticsearchSink:
         self._discovery_lock = asyncio.Lock()
         self._dead_letters = DeadLetterFile(delivery.dead_letter_path, name)
         self._batcher = Batcher(delivery.batch, delivery.max_in_flight_requests, self._send, self._count_bytes)
-        self._in_flight = 0
+        self.buffered_bytes = 0
         self._files: dict[str, tuple[bytes, str]] = {}  # source key -> (file id, index template)
         self._action_starts: dict[tuple[str, str], bytes] = {}  # (index template, hour) -> bytes
         self._delivered = metrics.sink_records.labels(sink=name)
@@ -115,8 +115,8 @@ class ElasticsearchSink:
         return start
 
     def _count_bytes(self, change: int) -> None:
-        self._in_flight += change
-        self._in_flight_gauge.set(self._in_flight)
+        self.buffered_bytes += change
+        self._in_flight_gauge.set(self.buffered_bytes)
 
     # ---- delivery (sender tasks) ----------------------------------------------------------
 

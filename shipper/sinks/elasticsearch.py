@@ -324,8 +324,7 @@ class _Piece:
 
 class _Batch:
     """One ``_bulk`` body and whose documents it holds, in order: ``owners`` is
-    ``(documents, PendingAck)`` per piece. The pieces' own bytes are let go once joined, so
-    a batch in flight costs its body once."""
+    ``(documents, PendingAck)`` per piece."""
 
     __slots__ = ("body", "owners", "documents")
 
@@ -336,9 +335,8 @@ class _Batch:
 
     @classmethod
     def of_pieces(cls, pieces: list[_Piece]) -> "_Batch":
+        # The pieces keep their bytes: a batch whose sending fails unexpectedly is sent again.
         body = pieces[0].body if len(pieces) == 1 else b"".join([piece.body for piece in pieces])
-        for piece in pieces:
-            piece.body = b""
         return cls(body, [(piece.count, piece.pending) for piece in pieces])
 
     @classmethod

@@ -98,13 +98,16 @@ class ElasticsearchSink:
     def _encode(self, records: list[dict], offsets: list[int], start: int, stop: int, file_id: bytes,
                 template: str) -> bytes:
         """Action and document lines of ``records[start:stop]``, joined."""
-        action_starts, dumps, newline = self._action_starts, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         parts = []
         append = parts.append
+        last_hour, action_start = None, b""
         for i in range(start, stop):
             record = records[i]
             hour = record["@timestamp"][:13]
-            action_start = action_starts.get((template, hour)) or self._action_start(template, hour)
+            if hour != last_hour:  # records of a chunk mostly share their hour
+                last_hour = hour
+                action_start = self._action_starts.get((template, hour)) or self._action_start(template, hour)
             append(b'%s%s-%x"}}\n' % (action_start, file_id, offsets[i]))
             append(dumps(record, option=newline))
         return b"".join(parts)

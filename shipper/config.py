@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from shipper.config_reader import ConfigError, ConfigReader, describe
+from shipper.decode.multiline import PRESETS, MultilineRule
 from shipper.parse.records import RESERVED_KEYS, JsonOptions
 from shipper.sinks.elasticsearch_options import read_elasticsearch_options
 from shipper.sinks.file_options import read_file_options
@@ -56,6 +57,7 @@ class InputConfig:
     format: str = "auto"
     json: JsonOptions = JsonOptions()
     filters: tuple[FilterRule, ...] = ()
+    multiline: tuple[MultilineRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,7 @@ class _Reader(ConfigReader):
         inputs = []
         for name, spec in value.items():
             path = f"inputs.{name}"
-            spec = self.mapping(spec, path, ("paths", "exclude", "format", "json", "filters", "sinks"))
+            spec = self.mapping(spec, path, ("paths", "exclude", "format", "json", "filters", "multiline", "sinks"))
             for required in ("paths", "sinks"):
                 if required not in spec:
                     raise self.fail(f"{path}.{required}", "is required")
@@ -232,6 +234,7 @@ class _Reader(ConfigReader):
                     format=self.string(spec.get("format", "auto"), f"{path}.format", FORMATS),
                     json=self.json(spec.get("json", {}), f"{path}.json"),
                     filters=self.filters(spec.get("filters", []), f"{path}.filters"),
+                    multiline=self.multiline(spec.get("multiline", []), f"{path}.multiline"),
                 )
             )
         return tuple(inputs)
@@ -245,6 +248,37 @@ class _Reader(ConfigReader):
             raise self.fail(f"{path}.key", f"'{key}' is one of the shipper's own keys ({', '.join(RESERVED_KEYS)})")
         keep_raw = self.boolean(spec.get("keep_raw", options.keep_raw), f"{path}.keep_raw")
         return JsonOptions(mode=mode, key=key, keep_raw=keep_raw)
+
+    def multiline(self, value: Any, path: str) -> tuple[MultilineRule, ...]:
+        if not isinstance(value, list):
+            raise self.fail(path, f"must be a list of rules, got {describe(value)}")
+        rules = []
+        for i, item in enumerate(value):
+            item_path = f"{path}[{i}]"
+            spec = self.mapping(item, item_path, ("containers", "preset", "start", "continue", "max_lines", "max_bytes"))
+            if "containers" not in spec:
+                raise self.fail(f"{item_path}.containers", "is required: the container names (globs) it applies to")
+            kinds = [key for key in ("preset", "start", "continue") if key in spec]
+            if len(kinds) != 1:
+                raise self.fail(item_path, "needs exactly one of preset, start or continue")
+            (kind,) = kinds
+            if kind == "preset":
+                pattern = PRESETS[self.string(spec["preset"], f"{item_path}.preset", tuple(PRESETS))]
+            else:
+                pattern = self.string(spec[kind], f"{item_path}.{kind}")
+                try:
+                    re.compile(pattern)
+                except re.error as error:
+                    raise self.fail(f"{item_path}.{kind}", f"invalid regular expression: {error}") from None
+            defaults = MultilineRule((), "", False)
+            rules.append(MultilineRule(
+                containers=self.strings(spec["containers"], f"{item_path}.containers", non_empty=True),
+                pattern=pattern,
+                starts=kind == "start",
+                max_lines=self.number(spec.get("max_lines", defaults.max_lines), f"{item_path}.max_lines", int, 2),
+                max_bytes=self.number(spec.get("max_bytes", defaults.max_bytes), f"{item_path}.max_bytes", int, 1024),
+            ))
+        return tuple(rules)
 
     def filters(self, value: Any, path: str) -> tuple[FilterRule, ...]:
         if not isinstance(value, list):

@@ -22,6 +22,7 @@ from shipper.config import Config, InputConfig
 from shipper.decode.cri import CriDecoder
 from shipper.decode.docker import DockerDecoder
 from shipper.decode.flags import NO_NEWLINE
+from shipper.decode.multiline import MultilineDecoder, rule_for
 from shipper.filters import RecordFilter
 from shipper.kube.file_names import kubernetes_from_path
 from shipper.metrics import HealthState, Metrics
@@ -173,6 +174,9 @@ class Pipeline:
             fmt = "docker" if first_byte == b"{" else "cri"
         decoder = (DockerDecoder if fmt == "docker" else CriDecoder)(self.config.max_record_bytes)
         kubernetes = kubernetes_from_path(path)
+        multiline = rule_for(inp.config.multiline, kubernetes.get("container_name"))
+        if multiline is not None:
+            decoder = MultilineDecoder(decoder, multiline)
         if self.config.node_name:
             kubernetes["host"] = self.config.node_name
         self.files[key] = TailedFile(

@@ -32,7 +32,7 @@ from shipper.tail.files import TRUNCATED, TailedFile, last_line_end, matching_pa
 from shipper.tail.identity import FileIdentity, identify, still_matches
 from shipper.tail.positions import load_positions, position_entry, position_key, save_positions
 from shipper.tail.rotation import COMPRESSED_SUFFIX, find_compressed, find_copy, find_moved, siblings
-from shipper.tail.watch import DirectoryWatcher, directories_to_watch
+from shipper.tail.watch import Change, DirectoryWatcher, directories_to_watch
 
 log = logging.getLogger("shipper.pipeline")
 
@@ -223,8 +223,9 @@ class Pipeline:
                 tailed.predecessor = previous
         if not rotated or previous is None or previous.key not in self.files:
             self._newest_at_path[at_path] = tailed
-        log.info("following %s%s from offset %d (input %s, %s)", open_path or path,
-                 f" (rotated from {path})" if rotated else "", offset, inp.config.name, fmt)
+        opened = open_path or tailed.target
+        log.info("following %s%s from offset %d (input %s, %s)", path,
+                 f" at {opened}" if opened != path else "", offset, inp.config.name, fmt)
         return tailed
 
     def _resume_unfinished(self) -> None:
@@ -265,9 +266,14 @@ class Pipeline:
 
     # ---- file system events ----------------------------------------------------------------
 
-    def _on_fs_event(self, files_appeared_or_vanished: bool) -> None:
+    def _on_fs_event(self, changes: set[tuple[Change, str]]) -> None:
+        """Any event wakes the tail loop; one about a file not being followed (created,
+        deleted, or written while unknown, e.g. truncated and regrown) also triggers a rescan."""
         self._wake.set()
-        if files_appeared_or_vanished:
+        if self._rescan_due:
+            return
+        known = {t.target for t in self.files.values()} | {t.path for t in self.files.values()}
+        if not changes or any(change != Change.modified or path not in known for change, path in changes):
             self._rescan_due = True
 
     def _ignored(self, path: str) -> bool:
@@ -415,6 +421,7 @@ class Pipeline:
                 tailed.at_eof = got is None
                 if got is TRUNCATED:
                     self._forget_truncated(tailed)
+                    progressed = True  # its copy and its new content are to be read next round
                 elif got is not None:
                     progressed = True
                     tailed.last_data_at = now
@@ -447,10 +454,11 @@ class Pipeline:
             self._ship_decoded(tailed, partials.flush(), tailed.read_offset)
         if not tailed.rotated and tailed.fd is not None and not _still_at_path(tailed):
             tailed.rotated = True
-            log.info("%s was rotated, deleted or its link retargeted; reading it to its end", tailed.path)
+            log.info("%s (%s) was rotated, deleted or its link retargeted; reading it to its end",
+                     tailed.path, tailed.target)
         if (tailed.rotated and not partials.pending and tailed.acks.checkpoint == tailed.read_offset
                 and now - tailed.last_data_at >= self.config.rotate_wait_secs):
-            log.info("%s (rotated) is read to its end and acknowledged; releasing it", tailed.path)
+            log.info("%s (%s, rotated) is read to its end and acknowledged; releasing it", tailed.path, tailed.target)
             self._release(tailed)
 
     def _forget_truncated(self, tailed: TailedFile) -> None:

@@ -75,7 +75,8 @@ class TailedFile:
 
     def read_lines(self, chunk_bytes: int, max_line_bytes: int, at_eof_take_rest: bool):
         """Read the next whole lines: ``(lines without newlines, start, end, unterminated)``,
-        None when there is nothing new, or ``TRUNCATED`` (checked first, in the same thread hop).
+        None when there is nothing new, or ``TRUNCATED`` (checked before and after reading, in the
+        same thread hop, so a truncation racing the read never hands out the new content as old).
 
         An incomplete last line waits for its newline, unless ``at_eof_take_rest`` (one-shot
         reads), when it is returned alone with ``unterminated`` set. A chunk without any
@@ -97,6 +98,9 @@ class TailedFile:
             data += more
         if not data:
             return None
+        if not still_matches(self.fd, self.identity):
+            # Truncated and rewritten while we read: ``data`` may be the new content.
+            return TRUNCATED
         unterminated = False
         if newline >= 0:
             lines = data[:newline].split(b"\n")

@@ -48,11 +48,12 @@ def directories_to_watch(patterns: Iterable[str], file_paths: Iterable[str]) -> 
 
 
 class DirectoryWatcher:
-    """Calls ``on_event(files_appeared_or_vanished)`` for each batch of events in the watched
-    directories, except events on paths ``ignored`` says are not news. ``failed`` is set when
-    the watch cannot run (no inotify, watch limit reached): the caller then polls."""
+    """Calls ``on_event(changes)`` with each batch of ``(Change, path)`` in the watched
+    directories, except paths ``ignored`` says are not news; an empty batch when the watch
+    stopped working. ``failed`` is set when the watch cannot run (no inotify, watch limit
+    reached): the caller then polls."""
 
-    def __init__(self, on_event: Callable[[bool], None], ignored: Callable[[str], bool]) -> None:
+    def __init__(self, on_event: Callable[[set[tuple[Change, str]]], None], ignored: Callable[[str], bool]) -> None:
         self._on_event = on_event
         self._ignored = ignored
         self._directories: frozenset[str] = frozenset()
@@ -80,11 +81,11 @@ class DirectoryWatcher:
         try:
             async for changes in awatch(*directories, watch_filter=self._relevant, debounce=_DEBOUNCE_MS, step=_STEP_MS,
                                         stop_event=stop, recursive=True, ignore_permission_denied=True):
-                self._on_event(any(change != Change.modified for change, _ in changes))
+                self._on_event(changes)
         except Exception as error:  # the watch is an optimisation: fall back to polling, loudly
             self.failed = True
             log.warning("cannot watch %d directories for changes (%s); polling instead", len(directories), error)
-            self._on_event(True)
+            self._on_event(set())
 
     def _relevant(self, change: Change, path: str) -> bool:
         return not self._ignored(path)

@@ -103,9 +103,9 @@ def cri(time: str, stream: str, tag: str, content: str | bytes) -> bytes:
 WRITER_TIME = "2026-11-20T10:00:00.000000001Z"
 
 
-def numbered_line(number: int) -> bytes:
-    """One CRI line whose message carries its number; every file's first line is unique."""
-    return cri(WRITER_TIME, "stdout", "F", f"line {number:07d}")
+def numbered_line(number: int, name: str = "line") -> bytes:
+    """One CRI line, message ``<name> <number>``; every file's first line is unique."""
+    return cri(WRITER_TIME, "stdout", "F", f"{name} {number:07d}")
 
 
 def line_numbers(messages: list[str]) -> list[int]:
@@ -120,7 +120,7 @@ def received_line(sink: "CollectingSink") -> Callable[[int], bool]:
 
 
 class LogWriter(threading.Thread):
-    """Appends numbered lines 0..``total``-1 to ``path`` from a thread while the pipeline runs,
+    """Appends lines numbered ``start``..``total``-1 to ``path`` from a thread while the pipeline runs,
     the way a container runtime does (one unbuffered write per line, a short pause every
     ``pause_every`` lines). Every ``rotate_every`` lines it calls ``rotate(writer, number)``,
     which renames, copies, truncates, deletes or retargets, sets ``writer.handle`` to where
@@ -133,7 +133,7 @@ class LogWriter(threading.Thread):
     while the shipper is still mid-file when the rotation happens."""
 
     def __init__(self, path, total: int, rotate_every: int, rotate: Callable[["LogWriter", int], int],
-                 seen: Callable[[int], bool], pause_every: int = 100) -> None:
+                 seen: Callable[[int], bool], pause_every: int = 100, start: int = 0, name: str = "line") -> None:
         super().__init__(daemon=True)
         self.path = str(path)
         self.total = total
@@ -141,13 +141,16 @@ class LogWriter(threading.Thread):
         self.rotate = rotate
         self.seen = seen
         self.pause_every = pause_every
+        self.start_number = start
+        self.name = name
         self.rotations = 0
         self.error: BaseException | None = None
         self.handle = open(self.path, "ab", buffering=0)
 
     def run(self) -> None:
         try:
-            number, next_rotation, file_start = 0, self.rotate_every, 0
+            number = file_start = self.start_number
+            next_rotation = number + self.rotate_every
             while number < self.total:
                 if number >= next_rotation:
                     deadline = time.monotonic() + 10
@@ -157,7 +160,7 @@ class LogWriter(threading.Thread):
                     self.rotations += 1
                     next_rotation += self.rotate_every
                     continue
-                self.handle.write(numbered_line(number))
+                self.handle.write(numbered_line(number, self.name))
                 if number % self.pause_every == 0:
                     time.sleep(0.001)
                 number += 1

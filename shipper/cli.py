@@ -13,6 +13,8 @@ from shipper.config import Config, ConfigError, InputConfig, SinkConfig, load_co
 from shipper.metrics import HealthState, Metrics, serve_metrics
 from shipper.pipeline import Input, Pipeline
 from shipper.sinks import Sink
+from shipper.sinks.elasticsearch import ElasticsearchSink
+from shipper.sinks.file import FileSink
 from shipper.sinks.stdout import StdoutSink
 from shipper.tail.positions import PositionsError
 
@@ -105,6 +107,10 @@ def build_sinks(config: Config, metrics: Metrics) -> dict[str, Sink]:
     for name, sink_config in config.sinks.items():
         if sink_config.type == "stdout":
             sinks[name] = StdoutSink(name, metrics)
+        elif sink_config.type == "file":
+            sinks[name] = FileSink(name, sink_config.options.path, metrics)
+        elif sink_config.type == "elasticsearch":
+            sinks[name] = ElasticsearchSink(name, sink_config.options, metrics, config.node_name)
     return sinks
 
 

@@ -14,19 +14,26 @@ from typing import Any
 
 import yaml
 
+from shipper.config_reader import ConfigError, ConfigReader, describe
 from shipper.parse.records import RESERVED_KEYS, JsonOptions
+from shipper.sinks.elasticsearch_options import read_elasticsearch_options
+from shipper.sinks.file_options import read_file_options
 
-SINK_TYPES = ("stdout",)
+
+def _no_options(reader: ConfigReader, spec: dict, path: str, default_dead_letter_path: str) -> None:
+    reader.mapping(spec, path, ("type",))
+
+
+# Each sink type reads its own options; the reader gets the sink's spec and key path.
+SINK_OPTION_READERS = {
+    "stdout": _no_options,
+    "file": read_file_options,
+    "elasticsearch": read_elasticsearch_options,
+}
+SINK_TYPES = tuple(SINK_OPTION_READERS)
+
 FORMATS = ("auto", "cri", "docker")
 JSON_MODES = ("top", "key", "off")
-
-
-class ConfigError(Exception):
-    """A configuration problem, already phrased for the user: ``FILE: key.path: what``."""
-
-    def __init__(self, source: str, key_path: str, message: str) -> None:
-        where = f"{source}: {key_path}: " if key_path else f"{source}: "
-        super().__init__(where + message)
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class InputConfig:
 class SinkConfig:
     name: str
     type: str
+    options: Any = None  # the type's options dataclass (e.g. ElasticsearchOptions)
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,7 @@ class Config:
     positions_path: str = "/var/lib/shipper/positions.json"
     checkpoint_interval_secs: float = 5.0
     read_from: str = "head"
-    read_chunk_bytes: int = 1 << 20
+    read_chunk_bytes: int = 256 << 10
     max_record_bytes: int = 1 << 20
     rescan_interval_secs: float = 5.0
     poll_interval_secs: float = 0.25
@@ -75,7 +83,7 @@ class Config:
     rotate_wait_secs: float = 5.0
     max_deleted_hold_secs: float = 300.0
     partial_flush_secs: float = 5.0
-    max_in_flight_bytes: int = 64 << 20
+    max_in_flight_bytes: int = 8 << 20
     metrics_listen: str | None = "0.0.0.0:2020"
     shutdown_grace_secs: float = 25.0
 
@@ -127,54 +135,8 @@ def parse_config(text: str, source: str, environ: dict[str, str] | None = None) 
     return _Reader(source).config(data if data is not None else {})
 
 
-class _Reader:
-    """Walks the parsed YAML, checking each key against what it may be."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, path: str, message: str) -> ConfigError:
-        return ConfigError(self.source, path, message)
-
-    def mapping(self, value: Any, path: str, allowed: tuple[str, ...]) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(path, f"must be a mapping, got {_kind(value)}")
-        for key in value:
-            if not isinstance(key, str):
-                raise self.fail(path, f"key {key!r} must be a string")
-            if key not in allowed:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(allowed)})"
-                raise self.fail(_join(path, key), "unknown key" + hint)
-        return value
-
-    def number(self, value: Any, path: str, kind: type, minimum: float) -> Any:
-        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-            raise self.fail(path, f"must be {'a number' if kind is float else 'an integer'}, got {_kind(value)}")
-        if value < minimum:
-            raise self.fail(path, f"must be at least {minimum}, got {value}")
-        return kind(value)
-
-    def string(self, value: Any, path: str, choices: tuple[str, ...] = ()) -> str:
-        if not isinstance(value, str):
-            raise self.fail(path, f"must be a string, got {_kind(value)}")
-        if choices and value not in choices:
-            raise self.fail(path, f"must be one of {', '.join(choices)}, got '{value}'")
-        return value
-
-    def strings(self, value: Any, path: str, non_empty: bool = False) -> tuple[str, ...]:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list):
-            raise self.fail(path, f"must be a list of strings, got {_kind(value)}")
-        if non_empty and not value:
-            raise self.fail(path, "must not be empty")
-        return tuple(self.string(item, f"{path}[{i}]") for i, item in enumerate(value))
-
-    def boolean(self, value: Any, path: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.fail(path, f"must be true or false, got {_kind(value)}")
-        return value
+class _Reader(ConfigReader):
+    """Reads the shipper's own sections; sink options are read by their sink's module."""
 
     def config(self, data: Any) -> Config:
         top = self.mapping(
@@ -221,7 +183,8 @@ class _Reader:
         if "grace_secs" in shutdown:
             settings["shutdown_grace_secs"] = self.number(shutdown["grace_secs"], "shutdown.grace_secs", float, 0)
 
-        sinks = self.sinks(top.get("sinks"))
+        dead_letter_dir = os.path.dirname(settings.get("positions_path", Config.positions_path)) or "."
+        sinks = self.sinks(top.get("sinks"), dead_letter_dir)
         inputs = self.inputs(top.get("inputs"), sinks)
         return Config(source=self.source, inputs=inputs, sinks=sinks, **settings)
 
@@ -232,25 +195,30 @@ class _Reader:
             raise self.fail(path, f"must be HOST:PORT, got '{text}'")
         return text
 
-    def sinks(self, value: Any) -> dict[str, SinkConfig]:
+    def sinks(self, value: Any, dead_letter_dir: str) -> dict[str, SinkConfig]:
         if value is None:
             raise self.fail("sinks", "is required: name at least one sink")
         if not isinstance(value, dict) or not value:
-            raise self.fail("sinks", f"must be a non-empty mapping of sink names, got {_kind(value)}")
+            raise self.fail("sinks", f"must be a non-empty mapping of sink names, got {describe(value)}")
         sinks = {}
         for name, spec in value.items():
             path = f"sinks.{name}"
-            spec = self.mapping(spec, path, ("type",))
+            if not isinstance(spec, dict):
+                raise self.fail(path, f"must be a mapping, got {describe(spec)}")
             if "type" not in spec:
                 raise self.fail(path, f"type is required (one of {', '.join(SINK_TYPES)})")
-            sinks[name] = SinkConfig(name=name, type=self.string(spec["type"], f"{path}.type", SINK_TYPES))
+            sink_type = self.string(spec["type"], f"{path}.type", SINK_TYPES)
+            # Rejected documents of every sink go next to the positions file unless told otherwise.
+            dead_letter_path = os.path.join(dead_letter_dir, f"dead-letter-{name}.ndjson")
+            options = SINK_OPTION_READERS[sink_type](self, spec, path, dead_letter_path)
+            sinks[name] = SinkConfig(name=name, type=sink_type, options=options)
         return sinks
 
     def inputs(self, value: Any, sinks: dict[str, SinkConfig]) -> tuple[InputConfig, ...]:
         if value is None:
             raise self.fail("inputs", "is required: name at least one input")
         if not isinstance(value, dict) or not value:
-            raise self.fail("inputs", f"must be a non-empty mapping of input names, got {_kind(value)}")
+            raise self.fail("inputs", f"must be a non-empty mapping of input names, got {describe(value)}")
         inputs = []
         for name, spec in value.items():
             path = f"inputs.{name}"
@@ -289,7 +257,7 @@ class _Reader:
 
     def filters(self, value: Any, path: str) -> tuple[FilterRule, ...]:
         if not isinstance(value, list):
-            raise self.fail(path, f"must be a list of keep/drop rules, got {_kind(value)}")
+            raise self.fail(path, f"must be a list of keep/drop rules, got {describe(value)}")
         rules = []
         for i, item in enumerate(value):
             item_path = f"{path}[{i}]"
@@ -309,15 +277,3 @@ class _Reader:
                 raise self.fail(f"{spec_path}.regex", f"invalid regular expression: {error}") from None
             rules.append(FilterRule(action=action, field=self.string(spec["field"], f"{spec_path}.field"), regex=regex))
         return tuple(rules)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )

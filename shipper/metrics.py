@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 
 class Metrics:
@@ -44,6 +44,38 @@ class Metrics:
         )
         self.sink_records = Counter(
             "shipper_sink_records", "Records delivered and acknowledged by a sink", ["sink"], registry=registry
+        )
+        self.sink_replayed = Counter(
+            "shipper_sink_records_replayed",
+            "Records a sink found already delivered (a replay after a restart): counted as delivered",
+            ["sink"],
+            registry=registry,
+        )
+        self.sink_rejected = Counter(
+            "shipper_sink_records_dead_lettered",
+            "Records the destination refused for good, written to the dead-letter file, by reason",
+            ["sink", "reason"],
+            registry=registry,
+        )
+        self.sink_retries = Counter(
+            "shipper_sink_retries",
+            "Requests or records sent again after a retryable failure, by reason",
+            ["sink", "reason"],
+            registry=registry,
+        )
+        self.sink_requests = Histogram(
+            "shipper_sink_request_seconds",
+            "Time from sending a request to its answer, by outcome",
+            ["sink", "outcome"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=registry,
+        )
+        self.sink_sent_bytes = Counter(
+            "shipper_sink_sent_bytes", "Request body bytes sent, before compression", ["sink"], registry=registry
+        )
+        self.sink_in_flight_bytes = Gauge(
+            "shipper_sink_in_flight_bytes", "Encoded bytes a sink holds that are not yet delivered", ["sink"],
+            registry=registry,
         )
         self.files = Gauge("shipper_files_open", "Log files being followed", registry=registry)
         self.skipped_files = Counter(

@@ -519,7 +519,7 @@ class Pipeline:
         ack_range = tailed.acks.open_range(range_start, range_end, len(inp.sinks) if records else 0, span)
         if records:
             for sink in inp.sinks:
-                sink.accept(records, offsets, tailed.key, ack_range)
+                sink.accept(records, offsets, tailed, ack_range)
 
     def _acked(self, tailed: TailedFile, _range: AckRange) -> None:
         """A range of ``tailed`` is done; its checkpoint may have moved past some ranges."""

@@ -24,7 +24,7 @@ class CollectingSink:
     async def start(self) -> None:
         pass
 
-    def accept(self, records, offsets, file_key, ack_range) -> None:
+    def accept(self, records, offsets, source, ack_range) -> None:
         self.records.extend(records)
         self.offsets.extend(offsets)
         if self.auto_ack:

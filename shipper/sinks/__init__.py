@@ -2,7 +2,13 @@
 
 The contract every sink keeps (``Sink``): ``accept`` is synchronous and cheap (encode and
 enqueue, no I/O wait), and a sink calls ``ack_range.ack()`` only once every record it was
-given with that range is durably delivered. ``drain`` delivers everything accepted so far.
+given with that range is durably delivered (or dead-lettered). ``drain`` delivers everything
+accepted so far.
+
+``source`` says which file the records come from: ``source.key`` is the file's stable
+identity (the same after a restart, different for a new file at the same path), which with a
+record's byte offset names the record for idempotent delivery; ``source.path``; and
+``source.kubernetes``, the file's Kubernetes metadata as a dict (labels for Loki streams).
 """
 
 from typing import Protocol
@@ -10,12 +16,18 @@ from typing import Protocol
 from shipper.acks import AckRange
 
 
+class Source(Protocol):
+    key: str
+    path: str
+    kubernetes: dict
+
+
 class Sink(Protocol):
     name: str
 
     async def start(self) -> None: ...
 
-    def accept(self, records: list[dict], offsets: list[int], file_key: str, ack_range: AckRange) -> None: ...
+    def accept(self, records: list[dict], offsets: list[int], source: Source, ack_range: AckRange) -> None: ...
 
     async def drain(self) -> None: ...
 

@@ -6,6 +6,7 @@ from typing import BinaryIO
 import orjson
 
 from shipper.acks import AckRange
+from shipper.sinks import Source
 from shipper.metrics import Metrics
 
 
@@ -18,7 +19,7 @@ class StdoutSink:
     async def start(self) -> None:
         pass
 
-    def accept(self, records: list[dict], offsets: list[int], file_key: str, ack_range: AckRange) -> None:
+    def accept(self, records: list[dict], offsets: list[int], source: Source, ack_range: AckRange) -> None:
         dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         self._stream.write(b"".join([dumps(record, option=newline) for record in records]))
         self._stream.flush()

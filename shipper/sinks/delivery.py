@@ -1,0 +1,166 @@
+"""What every batching network sink shares: batches, acks, backoff and the dead-letter file.
+
+A sink encodes each accepted chunk into items (one per record) that point at one
+``PendingAck`` for the chunk's ``AckRange``. ``Batcher`` packs items into batches by count,
+bytes and age and runs a few sender tasks; the sink's ``send`` coroutine owns a batch until
+every item in it is either delivered or dead-lettered, retrying as long as it takes. The log
+files are the buffer: while a destination is down, batches wait here, the pipeline's
+in-flight budget fills and reading pauses, so memory stays bounded without a disk queue.
+"""
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+import orjson
+
+from shipper.acks import AckRange
+from shipper.sinks.options import BatchOptions
+
+log = logging.getLogger("shipper.sinks")
+
+
+class PendingAck:
+    """Counts the records of one chunk a sink still has to deliver; acks the range at zero."""
+
+    __slots__ = ("ack_range", "remaining")
+
+    def __init__(self, ack_range: AckRange, remaining: int) -> None:
+        self.ack_range = ack_range
+        self.remaining = remaining
+
+    def done(self, count: int = 1) -> None:
+        self.remaining -= count
+        if self.remaining == 0:
+            self.ack_range.ack()
+
+
+class Backoff:
+    """Capped exponential backoff with equal jitter: never zero, never in lockstep with the
+    other nodes' shippers retrying against the same cluster."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * (2 ** min(self.attempt, 32)))
+        self.attempt += 1
+        return ceiling / 2 + random.random() * ceiling / 2
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class DeadLetterFile:
+    """Records a destination refused for good, one JSON object per line, with the reason.
+
+    Appended and flushed before the records are acknowledged, so a refused record is either
+    here or will be read again: never silently gone.
+    """
+
+    def __init__(self, path: str, sink_name: str) -> None:
+        self.path = path
+        self.sink_name = sink_name
+        self._file = None
+
+    def write(self, entries: list[dict]) -> None:
+        """``entries``: ``{"reason", "status", "error", ...}`` plus the record (as an
+        ``orjson.Fragment`` when it is already encoded)."""
+        if self._file is None:
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            self._file = open(self.path, "ab")
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._file.write(b"".join(
+            orjson.dumps({"time": now, "sink": self.sink_name, **entry}, option=orjson.OPT_APPEND_NEWLINE)
+            for entry in entries
+        ))
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class Batcher:
+    """Packs items into batches (``max_records``, ``max_bytes``, ``flush_secs``) and hands
+    each to ``send`` on one of ``senders`` tasks, so several requests are in flight.
+
+    An item is whatever the sink encodes: best one per accepted chunk holding many records
+    (a few Python objects per chunk, not per record, keeps memory close to the encoded
+    bytes). A sink keeps ``max_records`` exact by cutting items at ``room()``; ``max_bytes``
+    may be passed by the one item that crossed it.
+    """
+
+    def __init__(self, options: BatchOptions, senders: int, send: Callable[[list], Awaitable[None]],
+                 on_bytes: Callable[[int], None]) -> None:
+        self.options = options
+        self._senders = senders
+        self._send = send
+        self._on_bytes = on_bytes  # told of bytes taken in (+) and delivered (-)
+        self._items: list = []
+        self._records = 0
+        self._bytes = 0
+        self._opened_at = 0.0
+        self._queue: asyncio.Queue[tuple[list, int]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._sender()) for _ in range(self._senders)]
+        self._tasks.append(asyncio.create_task(self._flush_timer()))
+
+    def room(self) -> int:
+        """How many more records the batch being filled takes."""
+        return self.options.max_records - self._records
+
+    def add(self, item, size: int, records: int) -> None:
+        """Take one item of ``size`` encoded bytes holding ``records`` records."""
+        if not self._items:
+            self._opened_at = time.monotonic()
+        self._on_bytes(size)
+        self._items.append(item)
+        self._records += records
+        self._bytes += size
+        if self._records >= self.options.max_records or self._bytes >= self.options.max_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._items:
+            self._queue.put_nowait((self._items, self._bytes))
+            self._items, self._records, self._bytes = [], 0, 0
+
+    async def drain(self) -> None:
+        """Return once every item taken so far is delivered or dead-lettered."""
+        self.flush()
+        await self._queue.join()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _flush_timer(self) -> None:
+        interval = self.options.flush_secs
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self._items and time.monotonic() - self._opened_at >= interval:
+                self.flush()
+
+    async def _sender(self) -> None:
+        while True:
+            items, size = await self._queue.get()
+            try:
+                await self._send(items)
+            except Exception:  # a bug in a sink must not stop delivery for good: say so loudly
+                log.exception("sending a batch of %d items failed unexpectedly; sending it again", len(items))
+                self._queue.put_nowait((items, size))
+                await asyncio.sleep(1.0)
+            else:
+                self._on_bytes(-size)
+            finally:
+                self._queue.task_done()

@@ -217,7 +217,9 @@ class Pipeline:
         at_path = (inp.config.name, path)
         previous = self._newest_at_path.get(at_path)
         if previous is not None and previous.key in self.files and previous is not tailed:
-            if rotated:  # found after the file now at the path was opened: that one waits for it
+            if rotated:  # found after the file now at the path was opened: that one waits for it,
+                # after the older rotated files resumed before this one (positions keep read order)
+                tailed.predecessor = previous.predecessor
                 previous.predecessor = tailed
             else:
                 tailed.predecessor = previous

@@ -185,19 +185,8 @@ class Pipeline:
         key = position_key(inp.config.name, identity)
         if saved is None:
             saved = self._saved_positions.pop(key, None)
-        size = os.fstat(fd).st_size
-        if offset is not None:
-            pass
-        elif saved is not None:
-            offset = saved["offset"]
-            if offset > size:
-                self._skip("truncated", "%s is shorter (%d) than its saved position (%d): truncated, reading from 0",
-                           path, size, offset)
-                offset = 0
-        elif self._first_start and self.config.read_from == "tail" and not self.one_shot:
-            offset = last_line_end(fd, size)
-        else:
-            offset = 0
+        if offset is None:
+            offset = self._start_offset(fd, path, saved)
         first_byte = os.pread(fd, 1, 0)
         fmt = inp.config.format
         if fmt == "auto":
@@ -229,6 +218,18 @@ class Pipeline:
         log.info("following %s%s from offset %d (input %s, %s)", path,
                  f" at {opened}" if opened != path else "", offset, inp.config.name, fmt)
         return tailed
+
+    def _start_offset(self, fd: int, path: str, saved: dict | None) -> int:
+        size = os.fstat(fd).st_size
+        if saved is not None:
+            if saved["offset"] <= size:
+                return saved["offset"]
+            self._skip("truncated", "%s is shorter (%d) than its saved position (%d): truncated, reading from 0",
+                       path, size, saved["offset"])
+            return 0
+        if self._first_start and self.config.read_from == "tail" and not self.one_shot:
+            return last_line_end(fd, size)
+        return 0
 
     def _resume_unfinished(self) -> None:
         """Saved positions no file at the globs claimed: files rotated while the shipper was

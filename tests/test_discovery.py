@@ -3,6 +3,7 @@
 import asyncio
 import time
 
+from shipper.tail.watch import DirectoryWatcher, directories_to_watch, glob_root
 from tests.helpers import CollectingSink, line_numbers, make_config, make_pipeline, numbered_line
 
 # Neither the rescan nor the idle poll comes round during these tests: only events can wake.
@@ -90,3 +91,35 @@ def test_without_inotify_the_rescan_finds_new_files(tmp_path):
 
     asyncio.run(scenario())
     assert sink.messages == ["line 0000000"]
+
+
+def test_watched_directories_are_the_globs_roots_and_the_targets_outside_them(tmp_path):
+    pods = tmp_path / "pods" / "shop_web-1_uid" / "app"
+    pods.mkdir(parents=True)
+    (tmp_path / "containers").mkdir()
+    patterns = [str(tmp_path / "containers" / "*.log"), str(tmp_path / "pods" / "*" / "*" / "*.log")]
+    assert glob_root(patterns[1]) == str(tmp_path / "pods")
+    assert glob_root(str(tmp_path / "missing" / "*.log")) is None
+    targets = [str(pods / "0.log"), str(tmp_path / "elsewhere" / "0.log"), str(tmp_path / "other" / "0.log")]
+    (tmp_path / "other").mkdir()
+    assert directories_to_watch(patterns, targets) == {
+        str(tmp_path / "containers"), str(tmp_path / "pods"), str(tmp_path / "other")}
+
+
+def test_a_watch_that_cannot_start_reports_once_and_is_not_retried_every_rescan(tmp_path):
+    events = []
+    watcher = DirectoryWatcher(events.append, lambda path: False)
+    missing = frozenset({str(tmp_path / "gone")})
+
+    async def scenario():
+        await watcher.watch(missing)
+        for _ in range(500):
+            if watcher.failed:
+                break
+            await asyncio.sleep(0.01)
+        await watcher.watch(missing)  # the next rescan: same set, no new attempt
+        await watcher.close()
+
+    asyncio.run(scenario())
+    assert watcher.failed and not watcher.running
+    assert events == [set()]  # the pipeline rescans and then polls

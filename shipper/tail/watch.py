@@ -42,7 +42,8 @@ def directories_to_watch(patterns: Iterable[str], file_paths: Iterable[str]) -> 
     extra = set()
     for path in file_paths:
         directory = os.path.dirname(path)
-        if not any(directory == root or directory.startswith(root.rstrip(os.sep) + os.sep) for root in roots):
+        below_a_root = any(directory == root or directory.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+        if not below_a_root and os.path.isdir(directory):  # a pod's directory may be gone already
             extra.add(directory)
     return frozenset(roots | extra)
 
@@ -67,8 +68,8 @@ class DirectoryWatcher:
 
     async def watch(self, directories: frozenset[str]) -> None:
         """Watch exactly ``directories`` (restarting the watch when the set changed)."""
-        if directories == self._directories and self.running:
-            return
+        if directories == self._directories and (self.running or self.failed):
+            return  # a failed watch is retried when the set changes, not every rescan
         await self.close()
         self._directories = directories
         if not directories:
@@ -80,7 +81,7 @@ class DirectoryWatcher:
     async def _run(self, directories: list[str], stop: asyncio.Event) -> None:
         try:
             async for changes in awatch(*directories, watch_filter=self._relevant, debounce=_DEBOUNCE_MS, step=_STEP_MS,
-                                        stop_event=stop, recursive=True, ignore_permission_denied=True):
+                                        stop_event=stop, recursive=True):
                 self._on_event(changes)
         except Exception as error:  # the watch is an optimisation: fall back to polling, loudly
             self.failed = True

@@ -106,9 +106,10 @@ class Pipeline:
         if self.persist_positions:
             self._saved_positions = load_positions(self.config.positions_path)
             self._first_start = not os.path.exists(self.config.positions_path)
+        last_saved_at = os.path.getmtime(self.config.positions_path) if not self._first_start else 0.0
         self.discover()
         if self.persist_positions:
-            self._resume_unfinished()
+            self._resume_unfinished(last_saved_at)
         self._first_start = False
         self.health.ready = True
         checkpointer = asyncio.create_task(self._checkpoint_loop()) if self.persist_positions else None
@@ -231,10 +232,12 @@ class Pipeline:
             return last_line_end(fd, size)
         return 0
 
-    def _resume_unfinished(self) -> None:
+    def _resume_unfinished(self, last_saved_at: float) -> None:
         """Saved positions no file at the globs claimed: files rotated while the shipper was
-        down. Finish the ones still next to their old name; count the ones out of reach."""
+        down. Finish the ones still next to their old name; count the ones out of reach.
+        Then read the rotations the shipper never saw (down across several rotations)."""
         inputs = {inp.config.name: inp for inp in self.inputs}
+        rotated_paths: dict[tuple[str, str], tuple[Input, str]] = {}
         for key, entry in list(self._saved_positions.items()):
             inp = inputs.get(entry["input"])
             if inp is None:  # an input no longer configured keeps its positions
@@ -244,6 +247,7 @@ class Pipeline:
             if _is_at(target, identity):  # still in place (no longer matched, or waiting for a descriptor)
                 continue
             del self._saved_positions[key]
+            rotated_paths[(inp.config.name, entry["path"])] = (inp, target)
             moved = find_moved(target, identity)
             if moved:
                 log.info("%s was rotated to %s while the shipper was down; finishing it", target, moved)
@@ -260,7 +264,30 @@ class Pipeline:
             if unread > 0:
                 self._skip("gone_while_down", "%s was deleted while the shipper was down: at least %d bytes after "
                            "offset %d were never read", target, unread, entry["offset"])
+        for (_, path), (inp, target) in rotated_paths.items():
+            self._read_unseen_rotations(inp, path, target, last_saved_at)
         self.metrics.files.set(len(self.files))
+
+    def _read_unseen_rotations(self, inp: Input, path: str, target: str, last_saved_at: float) -> None:
+        """Rotated siblings of ``target`` no position names and written after the last
+        positions save: created and rotated away while the shipper was down, never read. A
+        sibling last written before that save was read and let go (its position dropped then).
+        Read oldest first, before the file now at the path."""
+        known = {(t.identity.dev, t.identity.ino) for t in self.files.values() if t.input is inp}
+        known |= {(e["dev"], e["ino"]) for e in self._saved_positions.values() if e["input"] == inp.config.name}
+        unseen = []
+        for sibling in siblings(target):
+            try:
+                stat = os.stat(sibling)
+            except OSError:
+                continue
+            if sibling.endswith(COMPRESSED_SUFFIX) or (stat.st_dev, stat.st_ino) in known:
+                continue
+            if stat.st_mtime > last_saved_at:
+                unseen.append((stat.st_mtime, sibling))
+        for _, sibling in sorted(unseen):
+            log.info("%s was created and rotated to %s while the shipper was down; reading it", target, sibling)
+            self._open(inp, path, open_path=sibling, target=target, offset=0, rotated=True)
 
     def _skip(self, reason: str, message: str, *args) -> None:
         """Every file or byte range not read is counted with its reason and logged once."""

@@ -169,3 +169,20 @@ def test_a_new_file_on_a_reused_inode_while_running_is_read_from_its_head(tmp_pa
     asyncio.run(scenario())
     assert line_numbers([m for m in sink.messages if m.startswith("new")]) == list(range(500))
     assert line_numbers([m for m in sink.messages if m.startswith("busy")]) == list(range(20000))
+
+
+def test_several_rotations_while_the_shipper_was_down_lose_nothing(tmp_path):
+    """Down long enough for kubelet to rotate twice: the file with the saved position is
+    finished, then the rotation never seen, then the new 0.log."""
+    log = tmp_path / "0.log"
+    write_lines(log, range(1000))
+    saved = first_run_acking(tmp_path, log, acked_ranges=3)
+    resume_from = lines_before(log, saved)
+    write_lines(log, range(1000, 1500))
+    os.rename(log, tmp_path / "0.log.20261120-100000")
+    write_lines(log, range(1500, 2500))  # never seen by the shipper
+    os.rename(log, tmp_path / "0.log.20261120-110000")
+    write_lines(log, range(2500, 3000))
+    sink, metrics = restart_while_writing(tmp_path, log, 3000, 5000, 5000 - resume_from)
+    assert line_numbers(sink.messages) == list(range(resume_from, 5000))
+    assert metrics.value("shipper_files_skipped_total") == 0

@@ -3,7 +3,12 @@
 One asyncio loop owns the I/O. Per-line work is plain synchronous code over whole chunks:
 a chunk is read in a worker thread (one hop per chunk, not per line), then decoded, built,
 filtered and handed to the sinks in one call. Backpressure is a byte budget: a chunk is read
-only while the bytes not yet acknowledged by every sink stay under ``max_in_flight_bytes``.
+only while the bytes not yet checkpointed (acknowledged by every sink and written to the
+positions file) stay under ``max_in_flight_bytes``, which bounds memory and what a crash re-reads.
+
+Files: discovered by glob (woken by inotify events, rescanned as the fallback), followed
+across rename, copytruncate, deletion and symlink retargeting, found again after a restart
+among their rotated siblings, and kept under ``max_open_files`` descriptors.
 """
 
 import asyncio

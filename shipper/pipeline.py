@@ -4,7 +4,8 @@ One asyncio loop owns the I/O. Per-line work is plain synchronous code over whol
 a chunk is read in a worker thread (one hop per chunk, not per line), then decoded, built,
 filtered and handed to the sinks in one call. Backpressure is a byte budget: a chunk is read
 only while the bytes not yet checkpointed (acknowledged by every sink and written to the
-positions file) stay under ``max_in_flight_bytes``, which bounds memory and what a crash re-reads.
+positions file), and the encoded bytes each sink holds, stay under ``max_in_flight_bytes``:
+that bounds memory and what a crash re-reads.
 
 Files: discovered by glob (woken by inotify events, rescanned as the fallback), followed
 across rename, copytruncate, deletion and symlink retargeting, found again after a restart
@@ -97,6 +98,7 @@ class Pipeline:
         self._open_descriptors: OrderedDict[str, TailedFile] = OrderedDict()  # least recently read first
         self._cap_warned = False
         self._watcher = None if one_shot or not config.inotify else DirectoryWatcher(self._on_fs_event, self._ignored)
+        self._sinks: list[Sink] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -105,7 +107,7 @@ class Pipeline:
         self._stopping.set()
 
     async def run(self) -> None:
-        sinks = self._all_sinks()
+        self._sinks = sinks = self._all_sinks()
         for sink in sinks:
             await sink.start()
         if self.persist_positions:
@@ -437,10 +439,13 @@ class Pipeline:
                         continue
                     if predecessor.key not in self.files:
                         tailed.predecessor = None
-                while self.in_flight_bytes >= config.max_in_flight_bytes and not self._stopping.is_set():
+                while self._over_budget() and not self._stopping.is_set():
                     self._budget_freed.clear()
-                    self._save_due.set()  # acknowledged bytes count as done once checkpointed
-                    await self._wait(self._budget_freed, config.rescan_interval_secs)
+                    if self.in_flight_bytes >= config.max_in_flight_bytes:
+                        self._save_due.set()  # acknowledged bytes count as done once checkpointed
+                    # Acks and checkpoints wake this; a sink letting go of bytes after its acks
+                    # is seen on the poll.
+                    await self._wait(self._budget_freed, config.poll_interval_secs)
                     if not self.one_shot:
                         self._expire_deleted(time.monotonic())
                 if self._stopping.is_set():
@@ -472,6 +477,12 @@ class Pipeline:
                 else:
                     timeout = config.poll_interval_secs
                 await self._wait(self._wake, timeout)
+
+    def _over_budget(self) -> bool:
+        """Bytes read and not yet checkpointed, or bytes a sink holds encoded (short lines
+        grow several times over with their metadata), reached ``max_in_flight_bytes``."""
+        limit = self.config.max_in_flight_bytes
+        return self.in_flight_bytes >= limit or any(sink.buffered_bytes >= limit for sink in self._sinks)
 
     async def _wait(self, event: asyncio.Event, timeout: float | None) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())

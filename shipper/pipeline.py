@@ -176,8 +176,6 @@ class Pipeline:
         A rotated sibling found later is opened at its new name but keeps the ``path`` and
         ``target`` it was followed as, so its positions entry leads to it again. ``saved``
         is its positions entry when known; ``offset`` overrides where reading starts."""
-        if not self._make_room():
-            return None
         try:
             fd = os.open(open_path or path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -187,7 +185,10 @@ class Pipeline:
             self._skip("open_failed", "cannot open %s: %s", open_path or path, error.strerror)
             return None
         identity = identify(fd, allow_short=self.one_shot)
-        if identity is None:  # no complete first line yet: nothing to ship, look again later
+        # No complete first line yet: nothing to ship, look again later. No room: the cap is
+        # taken by rotated files still being read; look again later too. (No await since the
+        # open: the cap holds wherever the loop can be observed.)
+        if identity is None or not self._make_room():
             os.close(fd)
             return None
         key = position_key(inp.config.name, identity)
@@ -382,6 +383,9 @@ class Pipeline:
         tailed.close()
         del self.files[tailed.key]
         self._open_descriptors.pop(tailed.key, None)
+        at_path = (tailed.input.config.name, tailed.path)
+        if self._newest_at_path.get(at_path) is tailed:
+            del self._newest_at_path[at_path]
         try:
             self.metrics.file_lag.remove(tailed.path)
         except KeyError:  # released before its first checkpoint

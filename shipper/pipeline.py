@@ -524,6 +524,9 @@ class Pipeline:
         if copy is not None:
             self._open(tailed.input, tailed.path, open_path=copy, target=tailed.target, offset=tailed.read_offset,
                        rotated=True)
+        else:
+            self._skip("truncated", "%s was truncated with no copy next to it (or a compressed one): anything it "
+                       "held past offset %d was not read", tailed.path, tailed.read_offset)
         self.discover()
 
     def _ship_lines(self, tailed: TailedFile, lines: list[bytes], start: int, end: int, unterminated: bool) -> None:

@@ -73,6 +73,7 @@ def test_copytruncate_loses_only_lines_written_between_copy_and_truncate(tmp_pat
     missing = set(range(20000)) - set(numbers)
     assert missing <= set(in_the_gap)
     assert metrics.value("shipper_files_truncated_total") == 7
+    assert metrics.value("shipper_files_skipped_total") == 0  # every copy was found
 
 
 def test_a_file_deleted_while_open_is_read_to_its_end(tmp_path):

@@ -13,6 +13,7 @@ among their rotated siblings, and kept under ``max_open_files`` descriptors.
 """
 
 import asyncio
+import fnmatch
 import itertools
 import logging
 import os
@@ -98,6 +99,7 @@ class Pipeline:
         self._open_descriptors: OrderedDict[str, TailedFile] = OrderedDict()  # least recently read first
         self._cap_warned = False
         self._watcher = None if one_shot or not config.inotify else DirectoryWatcher(self._on_fs_event, self._ignored)
+        self._patterns = [os.path.abspath(pattern) for inp in inputs for pattern in inp.config.paths]
         self._sinks: list[Sink] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -305,14 +307,23 @@ class Pipeline:
     # ---- file system events ----------------------------------------------------------------
 
     def _on_fs_event(self, changes: set[tuple[Change, str]]) -> None:
-        """Any event wakes the tail loop; one about a file not being followed (created,
-        deleted, or written while unknown, e.g. truncated and regrown) also triggers a rescan."""
-        self._wake.set()
-        if self._rescan_due:
-            return
-        known = {t.target for t in self.files.values()} | {t.path for t in self.files.values()}
-        if not changes or any(change != Change.modified or path not in known for change, path in changes):
+        """Events on files followed wake the tail loop; a followed file renamed or deleted,
+        or an event on a path an input's glob matches that is not followed (created, or
+        written before its first line was complete), also triggers a rescan. Other paths in
+        the watched trees (a recursive watch of a broad directory) are not news. An empty
+        batch means the watch stopped: rescan, then poll."""
+        followed = {t.target for t in self.files.values()} | {t.path for t in self.files.values()}
+        wake = rescan = not changes
+        for change, path in changes:
+            if path in followed:
+                wake = True
+                rescan = rescan or change != Change.modified
+            elif any(fnmatch.fnmatchcase(path, pattern) for pattern in self._patterns):
+                wake = rescan = True
+        if rescan:
             self._rescan_due = True
+        if wake:
+            self._wake.set()
 
     def _ignored(self, path: str) -> bool:
         """The positions file's own writes are not news."""
@@ -322,8 +333,7 @@ class Pipeline:
 
     async def _update_watch(self) -> None:
         if self._watcher is not None:
-            patterns = [pattern for inp in self.inputs for pattern in inp.config.paths]
-            await self._watcher.watch(directories_to_watch(patterns, (t.target for t in self.files.values())))
+            await self._watcher.watch(directories_to_watch(self._patterns, (t.target for t in self.files.values())))
 
     # ---- descriptors -----------------------------------------------------------------------
 

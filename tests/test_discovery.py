@@ -123,3 +123,16 @@ def test_a_watch_that_cannot_start_reports_once_and_is_not_retried_every_rescan(
     asyncio.run(scenario())
     assert watcher.failed and not watcher.running
     assert events == [set()]  # the pipeline rescans and then polls
+
+
+def test_events_on_paths_no_glob_matches_are_not_news(tmp_path):
+    """A recursive watch of a broad directory sees every write under it (journals, copies
+    logrotate makes); only followed files and paths the globs match wake the loop."""
+    from watchfiles import Change
+
+    pipeline, _ = make_pipeline(make_config(tmp_path, [str(tmp_path / "*.log")]), [CollectingSink()])
+    pipeline._on_fs_event({(Change.modified, str(tmp_path / "journal" / "system.journal")),
+                           (Change.added, str(tmp_path / "app.log.1"))})
+    assert not pipeline._wake.is_set() and not pipeline._rescan_due
+    pipeline._on_fs_event({(Change.added, str(tmp_path / "new.log"))})
+    assert pipeline._wake.is_set() and pipeline._rescan_due

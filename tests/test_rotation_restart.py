@@ -17,7 +17,7 @@ import pytest
 from shipper.tail.positions import load_positions
 from tests.helpers import (
     CollectingSink, LogWriter, follow_while_writing, line_numbers, make_config, make_pipeline, numbered_line,
-    received_line, run_until, wait_for,
+    received_line, wait_for,
 )
 
 FAST = {"poll_interval_secs": 0.01, "rescan_interval_secs": 0.05, "rotate_wait_secs": 0.1,

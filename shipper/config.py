@@ -80,6 +80,10 @@ class Config:
     max_record_bytes: int = 1 << 20
     rescan_interval_secs: float = 5.0
     poll_interval_secs: float = 0.25
+    inotify: bool = True
+    max_open_files: int = 1024
+    rotate_wait_secs: float = 5.0
+    max_deleted_hold_secs: float = 300.0
     partial_flush_secs: float = 5.0
     max_in_flight_bytes: int = 8 << 20
     metrics_listen: str | None = "0.0.0.0:2020"
@@ -156,10 +160,15 @@ class _Reader(ConfigReader):
             "rescan_interval_secs": ("rescan_interval_secs", float, 0.01),
             "poll_interval_secs": ("poll_interval_secs", float, 0.001),
             "partial_flush_secs": ("partial_flush_secs", float, 0.01),
+            "max_open_files": ("max_open_files", int, 1),
+            "rotate_wait_secs": ("rotate_wait_secs", float, 0),
+            "max_deleted_hold_secs": ("max_deleted_hold_secs", float, 0),
         }
-        read = self.mapping(top.get("read", {}), "read", ("from", *read_keys))
+        read = self.mapping(top.get("read", {}), "read", ("from", "inotify", *read_keys))
         if "from" in read:
             settings["read_from"] = self.string(read["from"], "read.from", ("head", "tail"))
+        if "inotify" in read:
+            settings["inotify"] = self.boolean(read["inotify"], "read.inotify")
         for key, (attribute, kind, minimum) in read_keys.items():
             if key in read:
                 settings[attribute] = self.number(read[key], f"read.{key}", kind, minimum)

@@ -24,6 +24,16 @@ def test_minimal_config_gets_documented_defaults():
     assert config.read_from == "head" and config.max_record_bytes == 1 << 20
 
 
+def test_tailing_keys_have_defaults_and_are_read():
+    config = parse_config(MINIMAL, "c.yaml")
+    assert (config.inotify, config.max_open_files, config.rotate_wait_secs, config.max_deleted_hold_secs) == (
+        True, 1024, 5.0, 300.0)
+    config = parse_config(MINIMAL + "read: {inotify: false, max_open_files: 100, rotate_wait_secs: 1,"
+                                    " max_deleted_hold_secs: 60}\n", "c.yaml")
+    assert (config.inotify, config.max_open_files, config.rotate_wait_secs, config.max_deleted_hold_secs) == (
+        False, 100, 1.0, 60.0)
+
+
 def test_env_expansion_with_defaults_and_escapes():
     env = {"NODE": "node-1", "EMPTY": ""}
     text = "a: ${NODE}\nb: ${MISSING:-fallback}\nc: ${EMPTY:-used}\nd: $${NODE}"
@@ -39,6 +49,12 @@ def test_env_expansion_with_defaults_and_escapes():
         (MINIMAL.replace("sinks: [out]}", "sinks: [es]}"), "c.yaml: inputs.app.sinks[0]: no sink named 'es' (defined: out)"),
         (MINIMAL + "read: {from: middle}\n", "c.yaml: read.from: must be one of head, tail, got 'middle'"),
         (MINIMAL + "read: {chunk_bytes: lots}\n", "c.yaml: read.chunk_bytes: must be an integer, got a string"),
+        (MINIMAL + "read: {max_open_files: 0}\n", "c.yaml: read.max_open_files: must be at least 1, got 0"),
+        (MINIMAL + "read: {max_deleted_hold_secs: -1}\n",
+         "c.yaml: read.max_deleted_hold_secs: must be at least 0, got -1"),
+        (MINIMAL + "read: {rotate_wait_secs: soon}\n", "c.yaml: read.rotate_wait_secs: must be a number, got a string"),
+        (MINIMAL + "read: {inotify: 'yes'}\n", "c.yaml: read.inotify: must be true or false, got a string"),
+        (MINIMAL + "read: {max_open_file: 10}\n", "c.yaml: read.max_open_file: unknown key (did you mean 'max_open_files'?)"),
         (MINIMAL + "buffer: {max_in_flight_bytes: 10}\n", "c.yaml: buffer.max_in_flight_bytes: must be at least 65536, got 10"),
         (MINIMAL.replace("{type: stdout}", "{type: kafka}"), "c.yaml: sinks.out.type: must be one of stdout, file, elasticsearch, got 'kafka'"),
         (MINIMAL.replace("{type: stdout}", "{}"), "c.yaml: sinks.out: type is required (one of stdout, file, elasticsearch)"),

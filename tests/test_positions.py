@@ -21,13 +21,14 @@ print("ready", flush=True)
 while True:
     generation += 1
     # Thousands of entries make each write long enough to be killed in the middle of it.
-    save_positions(path, [position_entry("in", f"/var/log/{i}.log", FileIdentity(1, i, "f" * 16, 10), generation)
+    save_positions(path, [position_entry("in", f"/var/log/{i}.log", FileIdentity(1, i, "f" * 16, 10), generation,
+                                         f"/var/log/{i}.log", generation)
                           for i in range(3000)])
 """
 
 
 def entries(offset: int) -> list[dict]:
-    return [position_entry("in", "/var/log/a.log", FileIdentity(1, 2, "ab" * 8, 40), offset)]
+    return [position_entry("in", "/var/log/a.log", FileIdentity(1, 2, "ab" * 8, 40), offset, "/var/log/a.log", offset)]
 
 
 def test_round_trip_by_input_and_identity(tmp_path):

@@ -30,22 +30,32 @@ def last_line_end(fd: int, size: int) -> int:
 
 
 class TailedFile:
-    """One open log file of one input: where it was read to and what awaits acks.
+    """One log file of one input: where it was read to and what awaits acks.
 
-    ``read_offset`` is how far the file was read; ``range_start`` where the next ack range
-    begins (it lags behind ``read_offset`` while split lines wait for their last part);
-    ``acks.checkpoint`` how far every sink has confirmed. The descriptor stays open, so a
-    renamed or deleted file is still read to its end.
+    ``path`` is where the input's glob found it (on a node a symlink in /var/log/containers),
+    ``target`` the file that path resolved to when it was opened; identity and positions
+    follow the target. ``read_offset`` is how far the file was read; ``range_start`` where the
+    next ack range begins (it lags behind ``read_offset`` while split lines wait for their
+    last part); ``acks.checkpoint`` how far every sink has confirmed.
+
+    ``fd`` is None while the descriptor is closed to stay under the open-files cap; the file
+    is reopened at ``read_offset`` after checking it is still the same file. A ``rotated``
+    file (renamed, deleted, or its symlink retargeted) keeps its descriptor, is read to its
+    end, and is let go once everything read from it is acknowledged. ``predecessor`` is the
+    file that was at the same path before this one (rotated away): this one is not read
+    until that one reached its end, so a container's lines stay in order across rotation.
     """
 
     __slots__ = (
-        "path", "fd", "identity", "key", "input", "decoder", "kubernetes", "kubernetes_json",
-        "read_offset", "range_start", "acks", "last_data_at",
+        "path", "target", "fd", "identity", "key", "input", "decoder", "kubernetes", "kubernetes_json",
+        "read_offset", "range_start", "acks", "last_data_at", "rotated", "predecessor", "at_eof", "deleted_at",
+        "counted_checkpoint",
     )
 
-    def __init__(self, path, fd, identity: FileIdentity, key, input, decoder, kubernetes, kubernetes_json,
+    def __init__(self, path, target, fd, identity: FileIdentity, key, input, decoder, kubernetes, kubernetes_json,
                  offset: int, acks: FileAcks, now: float) -> None:
         self.path = path
+        self.target = target
         self.fd = fd
         self.identity = identity
         self.key = key
@@ -57,10 +67,16 @@ class TailedFile:
         self.range_start = offset
         self.acks = acks
         self.last_data_at = now
+        self.rotated = False
+        self.predecessor: TailedFile | None = None
+        self.at_eof = False
+        self.deleted_at: float | None = None  # when it was first seen deleted while held open
+        self.counted_checkpoint = offset  # how much of acks.checkpoint the pipeline has accounted for
 
     def read_lines(self, chunk_bytes: int, max_line_bytes: int, at_eof_take_rest: bool):
         """Read the next whole lines: ``(lines without newlines, start, end, unterminated)``,
-        None when there is nothing new, or ``TRUNCATED`` (checked first, in the same thread hop).
+        None when there is nothing new, or ``TRUNCATED`` (checked before and after reading, in the
+        same thread hop, so a truncation racing the read never hands out the new content as old).
 
         An incomplete last line waits for its newline, unless ``at_eof_take_rest`` (one-shot
         reads), when it is returned alone with ``unterminated`` set. A chunk without any
@@ -82,6 +98,9 @@ class TailedFile:
             data += more
         if not data:
             return None
+        if not still_matches(self.fd, self.identity):
+            # Truncated and rewritten while we read: ``data`` may be the new content.
+            return TRUNCATED
         unterminated = False
         if newline >= 0:
             lines = data[:newline].split(b"\n")
@@ -101,7 +120,9 @@ class TailedFile:
         return self.size() < self.read_offset or not still_matches(self.fd, self.identity)
 
     def size(self) -> int:
-        return os.fstat(self.fd).st_size
+        return os.fstat(self.fd).st_size if self.fd is not None else os.stat(self.target).st_size
 
     def close(self) -> None:
-        os.close(self.fd)
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

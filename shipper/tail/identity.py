@@ -39,8 +39,11 @@ def identify(fd: int, allow_short: bool = False) -> FileIdentity | None:
     elif not head or (len(head) < FINGERPRINT_BYTES and not allow_short):
         return None
     stat = os.fstat(fd)
-    digest = hashlib.blake2b(head, digest_size=8).hexdigest()
-    return FileIdentity(stat.st_dev, stat.st_ino, digest, len(head))
+    return FileIdentity(stat.st_dev, stat.st_ino, fingerprint_of(head), len(head))
+
+
+def fingerprint_of(head: bytes) -> str:
+    return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
 def still_matches(fd: int, identity: FileIdentity) -> bool:
@@ -48,5 +51,5 @@ def still_matches(fd: int, identity: FileIdentity) -> bool:
     head = os.pread(fd, identity.fingerprint_size, 0)
     return (
         len(head) == identity.fingerprint_size
-        and hashlib.blake2b(head, digest_size=8).hexdigest() == identity.fingerprint
+        and fingerprint_of(head) == identity.fingerprint
     )

@@ -27,7 +27,8 @@ def position_key(input_name: str, identity: FileIdentity) -> str:
 
 
 def load_positions(path: str) -> dict[str, dict]:
-    """Entries by ``position_key``: ``{"input", "path", "dev", "ino", "fingerprint", "fingerprint_size", "offset"}``.
+    """Entries by ``position_key``: ``{"input", "path", "dev", "ino", "fingerprint", "fingerprint_size",
+    "offset"}``, and ``"target"`` and ``"size"`` when the shipper that wrote them knew them.
 
     Temp files left by a write that was killed midway are removed: the old file is intact.
     """
@@ -53,15 +54,20 @@ def load_positions(path: str) -> dict[str, dict]:
     return entries
 
 
-def position_entry(input_name: str, path: str, identity: FileIdentity, offset: int) -> dict:
+def position_entry(input_name: str, path: str, identity: FileIdentity, offset: int, target: str, size: int) -> dict:
+    """``path`` is where the input's glob found the file (a symlink, on a node), ``target``
+    the file it resolved to (where its rotated siblings appear), ``size`` its size when saved
+    (so a file gone while the shipper was down tells how much of it was never read)."""
     return {
         "input": input_name,
         "path": path,
+        "target": target,
         "dev": identity.dev,
         "ino": identity.ino,
         "fingerprint": identity.fingerprint,
         "fingerprint_size": identity.fingerprint_size,
         "offset": offset,
+        "size": size,
     }
 
 

@@ -15,6 +15,7 @@ from shipper.pipeline import Input, Pipeline
 from shipper.sinks import Sink
 from shipper.sinks.elasticsearch import ElasticsearchSink
 from shipper.sinks.file import FileSink
+from shipper.sinks.loki import LokiSink
 from shipper.sinks.stdout import StdoutSink
 from shipper.tail.positions import PositionsError
 
@@ -111,6 +112,8 @@ def build_sinks(config: Config, metrics: Metrics) -> dict[str, Sink]:
             sinks[name] = FileSink(name, sink_config.options.path, metrics)
         elif sink_config.type == "elasticsearch":
             sinks[name] = ElasticsearchSink(name, sink_config.options, metrics, config.node_name)
+        elif sink_config.type == "loki":
+            sinks[name] = LokiSink(name, sink_config.options, metrics)
     return sinks
 
 

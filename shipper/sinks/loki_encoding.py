@@ -1,13 +1,14 @@
 """Loki push bodies: entries grouped per stream, time-ordered, as protobuf+snappy or JSON.
 
-An entry is the tuple ``(labels, ts_ns, line, metadata, pending)`` (``StreamLabels``, epoch
-nanoseconds, the line, structured metadata pairs, the chunk's ``PendingAck``): one small tuple
-per record, no object.
+An entry is the tuple ``(ts_ns, line, metadata, chunk)`` (epoch nanoseconds, the line,
+structured metadata pairs, the number of the chunk it came from): one small tuple per record.
+The sink hands entries over in groups ``(labels, entries)``, one per chunk and stream.
 
 Protobuf goes through the generated ``loki_push_pb2`` (upb, the C implementation): measured at
-about 1 us per entry including serialisation, against 2.3 us for the same bytes built by hand in
-Python, and the library keeps the wire format right. Snappy is the raw block format
-(``cramjam.snappy.compress_raw``), which Loki's ``snappy.Decode`` expects, not the framed one.
+0.87 us per entry including serialisation, the same as the best hand-written Python encoder
+(0.85 us, 2.3 us for a plain one), so the library keeps the wire format right at no cost. Snappy
+is the raw block format (``cramjam.snappy.compress_raw``), which Loki's ``snappy.Decode``
+expects, not the framed one.
 
 Timestamps are the runtime's own (``@timestamp_nanos``, RFC3339 with nanoseconds and any
 offset) to the nanosecond, so a replay after a crash sends entries identical to the first
@@ -23,8 +24,10 @@ import orjson
 from shipper.sinks.loki_push_pb2 import LabelPairAdapter, PushRequest
 
 _seconds_cache: dict[str, int | None] = {}
+# containerd's form, 'YYYY-MM-DDTHH:MM:SS' of a '...Z' time -> epoch ns: the sink's fast path.
+utc_second_ns: dict[str, int] = {}
 _MAX_CACHED_SECONDS = 100000
-_by_time = itemgetter(1)
+_by_time = itemgetter(0)
 
 
 def epoch_seconds(second: str, zone: str) -> int | None:
@@ -58,19 +61,23 @@ def to_epoch_ns(time: str) -> int | None:
     seconds = epoch_seconds(second, rest)
     if seconds is None:
         return None
+    if rest == "Z":
+        if len(utc_second_ns) >= _MAX_CACHED_SECONDS:
+            utc_second_ns.clear()
+        utc_second_ns[second] = seconds * 1_000_000_000
     return seconds * 1_000_000_000 + nanos
 
 
-def group_streams(entries: list[tuple]) -> list[tuple[object, list[tuple]]]:
-    """Entries per stream, each stream's in time order (stable: equal times keep read order)."""
+def group_streams(groups: list[tuple]) -> list[tuple[object, list[tuple]]]:
+    """Groups ``(labels, entries)`` of the same stream merged, each stream's entries in time
+    order (stable: equal times keep read order)."""
     streams: dict[str, tuple[object, list]] = {}
-    for entry in entries:
-        labels = entry[0]
+    for labels, entries in groups:
         stream = streams.get(labels.text)
         if stream is None:
-            streams[labels.text] = (labels, [entry])
+            streams[labels.text] = (labels, list(entries))
         else:
-            stream[1].append(entry)
+            stream[1].extend(entries)
     for _, stream_entries in streams.values():
         stream_entries.sort(key=_by_time)  # linear when already ordered, as a file's lines are
     return list(streams.values())
@@ -83,7 +90,7 @@ def protobuf_body(streams: list[tuple[object, list[tuple]]]) -> tuple[bytes, byt
     add_stream = request.streams.add
     for labels, entries in streams:
         add_entry = add_stream(labels=labels.text).entries.add
-        for _, ts_ns, line, metadata, _ in entries:
+        for ts_ns, line, metadata, _ in entries:
             entry = add_entry(line=line)
             timestamp = entry.timestamp
             timestamp.seconds, timestamp.nanos = divmod(ts_ns, 1_000_000_000)
@@ -100,7 +107,7 @@ def json_body(streams: list[tuple[object, list[tuple]]]) -> bytes:
             "stream": labels.pairs,
             "values": [
                 [str(ts_ns), line, dict(metadata)] if metadata else [str(ts_ns), line]
-                for _, ts_ns, line, metadata, _ in entries
+                for ts_ns, line, metadata, _ in entries
             ],
         }
         for labels, entries in streams

@@ -76,12 +76,12 @@ class Config:
     positions_path: str = "/var/lib/shipper/positions.json"
     checkpoint_interval_secs: float = 5.0
     read_from: str = "head"
-    read_chunk_bytes: int = 1 << 20
+    read_chunk_bytes: int = 256 << 10
     max_record_bytes: int = 1 << 20
     rescan_interval_secs: float = 5.0
     poll_interval_secs: float = 0.25
     partial_flush_secs: float = 5.0
-    max_in_flight_bytes: int = 64 << 20
+    max_in_flight_bytes: int = 8 << 20
     metrics_listen: str | None = "0.0.0.0:2020"
     shutdown_grace_secs: float = 25.0
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from elasticsearch import AuthenticationException, BadRequestError, Elasticsearch, helpers
+from elastic_transport import ConnectionError as TransportConnectionError
+from elastic_transport import TlsError
+from elasticsearch import ApiError, AuthenticationException, BadRequestError, Elasticsearch, NotFoundError, helpers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -747,6 +749,260 @@ def test_a_slow_answer_times_the_client_out_but_still_applies(es, index):
     assert es.ids(index) == ["1"]
 
 
+# _count and _search ------------------------------------------------------------------------------
+
+
+def seed(receiver, index, *documents):
+    body = ndjson(*[line for document in documents for line in ({"index": {"_index": index}}, document)])
+    assert post_bulk(receiver, body).json()["errors"] is False
+
+
+LOGS = (
+    {"message": "Connection refused by upstream", "level": "error", "code": 502, "ok": False},
+    {"message": "GET /health 200", "level": "info", "code": 200, "ok": True},
+    {"message": "connection reset, retrying", "level": "warn", "code": 502, "ok": False},
+    {"message": "ready", "level": "info", "code": 200, "ok": True, "k8s": {"ns": "kube-system"}},
+    {"message": 404, "level": "debug", "code": 404, "ok": False, "k8s": {"ns": ["a", "b"]}},
+)
+
+
+def test_the_client_counts_what_bulk_stored(es, index):
+    client = Elasticsearch(es.url)
+    assert client.count(index=index + "*")["count"] == 0
+    seed(es, index, *LOGS)
+    seed(es, index + "-other", {"level": "error"})
+    assert client.count(index=index).body == {
+        "count": 5,
+        "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
+    }
+    assert client.count(index=index, query={"term": {"level.keyword": "error"}})["count"] == 1
+    assert client.count(index=f"{index},{index}-other")["count"] == 6
+    both = client.count(index=index + "*", query={"match": {"level": "error"}})
+    assert both["count"] == 2 and both["_shards"]["total"] == 2
+    assert httpx.get(f"{es.url}/{index}/_count").json()["count"] == 5  # GET without a body: match_all
+    assert httpx.get(es.url + "/_count").json()["count"] == es.count()
+
+
+def test_counting_a_missing_index_is_404_but_an_empty_wildcard_is_zero(es, index):
+    seed(es, index, {"a": 1})
+    missing = httpx.post(f"{es.url}/{index},{index}-missing/_count", json={"query": {"match_all": {}}})
+    assert missing.status_code == 404
+    name = f"{index}-missing"
+    assert missing.json() == whole_error(
+        404,
+        "index_not_found_exception",
+        f"no such index [{name}]",
+        **{"resource.type": "index_or_alias", "resource.id": name, "index_uuid": "_na_", "index": name},
+    )
+    assert missing.headers["x-elastic-product"] == "Elasticsearch"
+    empty = httpx.get(f"{es.url}/{index}-nothing-*/_count")
+    assert empty.json() == {"count": 0, "_shards": {"total": 0, "successful": 0, "skipped": 0, "failed": 0}}
+    with pytest.raises(NotFoundError):
+        Elasticsearch(es.url).search(index=name)
+
+
+def test_a_count_body_takes_only_a_query(es, index):
+    body = b'{"query":{"match_all":{}},\n  "size":1}'
+    refused = httpx.post(es.url + "/_count", content=body, headers={"Content-Type": "application/json"})
+    assert refused.status_code == 400  # located at the key, on the second line
+    assert refused.json() == whole_error(400, "parsing_exception", "request does not support [size]", line=2, col=3)
+    # Failures other than a parsing_exception are wrapped, unlike in _search.
+    empty = httpx.post(es.url + "/_count", json={"query": {}}).json()["error"]
+    assert empty == {
+        "root_cause": [{"type": "parsing_exception", "reason": "Failed to parse", "line": 1, "col": 11}],
+        "type": "parsing_exception",
+        "reason": "Failed to parse",
+        "line": 1,
+        "col": 11,
+        "caused_by": {
+            "type": "illegal_argument_exception",
+            "reason": "query malformed, empty clause found at [1:11]",
+        },
+    }
+
+
+def test_search_hits_carry_index_id_score_and_source(es, index):
+    seed(es, index, *LOGS)
+    client = Elasticsearch(es.url)
+    found = client.search(index=index, query={"match": {"message": "CONNECTION"}}).body
+    assert set(found) == {"took", "timed_out", "_shards", "hits"}
+    assert found["timed_out"] is False
+    assert found["_shards"] == {"total": 1, "successful": 1, "skipped": 0, "failed": 0}
+    assert found["hits"]["total"] == {"value": 2, "relation": "eq"}
+    assert found["hits"]["max_score"] == 1.0
+    assert [hit["_source"] for hit in found["hits"]["hits"]] == [LOGS[0], LOGS[2]]
+    first = found["hits"]["hits"][0]
+    assert set(first) == {"_index", "_id", "_score", "_source"}
+    assert first["_index"] == index and first["_id"] in es.ids(index)
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ({"match_all": {}}, [0, 1, 2, 3, 4]),
+        ({"match": {"message": "refused retrying"}}, [0, 2]),  # any analysed token
+        ({"match": {"message": {"query": "connection refused", "operator": "and"}}}, [0]),
+        ({"term": {"level": "info"}}, [1, 3]),  # a token of the text field
+        ({"term": {"message": "Connection"}}, []),  # a term is not analysed, tokens are lower case
+        ({"term": {"level.keyword": "warn"}}, [2]),
+        ({"term": {"message.keyword": "ready"}}, [3]),
+        ({"term": {"code": 502}}, [0, 2]),
+        ({"term": {"code": "200"}}, [1, 3]),  # the field type parses the value
+        ({"term": {"ok": True}}, [1, 3]),
+        ({"term": {"k8s.ns.keyword": "kube-system"}}, [3]),
+        ({"term": {"k8s.ns.keyword": "b"}}, [4]),  # each value of an array
+        ({"match": {"message": "404"}}, [4]),  # a number in a text field is indexed as text
+        ({"term": {"unmapped": "x"}}, []),
+        ({"bool": {"must": [{"term": {"code": 502}}], "must_not": {"match": {"message": "reset"}}}}, [0]),
+        ({"bool": {"filter": {"term": {"ok": True}}, "must_not": [{"term": {"message": "ready"}}]}}, [1]),
+        ({"bool": {"should": [{"term": {"level": "warn"}}, {"term": {"level": "error"}}]}}, [0, 2]),
+    ],
+)
+def test_the_query_subset(es, index, query, expected):
+    if not es.count(index):
+        seed(es, index, *LOGS)
+    response = httpx.post(f"{es.url}/{index}/_search", json={"query": query})
+    assert response.status_code == 200, response.text
+    assert [hit["_source"] for hit in response.json()["hits"]["hits"]] == [LOGS[n] for n in expected]
+
+
+def test_filter_clauses_do_not_score(es, index):
+    seed(es, index, *LOGS)
+    scored = httpx.post(f"{es.url}/{index}/_search", json={"query": {"term": {"ok": True}}}).json()["hits"]
+    unscored = httpx.post(f"{es.url}/{index}/_search", json={"query": {"bool": {"filter": {"term": {"ok": True}}}}})
+    assert [hit["_score"] for hit in scored["hits"]] == [1.0, 1.0]
+    assert [hit["_score"] for hit in unscored.json()["hits"]["hits"]] == [0.0, 0.0]
+    assert unscored.json()["hits"]["max_score"] == 0.0
+
+
+def test_size_from_and_total_hits(es, index):
+    seed(es, index, *[{"n": n} for n in range(12)])
+    url = f"{es.url}/{index}/_search"
+    default = httpx.get(url).json()["hits"]
+    assert [hit["_source"]["n"] for hit in default["hits"]] == list(range(10))
+    assert default["total"] == {"value": 12, "relation": "eq"}
+    page = httpx.post(url, json={"size": 3, "from": 10}).json()["hits"]
+    assert [hit["_source"]["n"] for hit in page["hits"]] == [10, 11]
+    assert httpx.post(url + "?size=1", json={"size": 5}).json()["hits"]["hits"][0]["_source"] == {"n": 0}
+    counted_only = httpx.post(url, json={"size": 0}).json()["hits"]
+    assert counted_only == {"total": {"value": 12, "relation": "eq"}, "max_score": None, "hits": []}
+    assert httpx.post(url, json={"track_total_hits": 5}).json()["hits"]["total"] == {"value": 5, "relation": "gte"}
+    assert "total" not in httpx.post(url, json={"track_total_hits": False}).json()["hits"]
+    assert httpx.get(url + "?rest_total_hits_as_int=true").json()["hits"]["total"] == 12
+    negative = httpx.get(url + "?size=-1")
+    assert negative.status_code == 400
+    assert negative.json()["error"]["reason"] == "[size] parameter cannot be negative, found [-1]"
+    before_start = httpx.post(url, json={"from": -1}).json()["error"]
+    assert before_start["reason"] == "[from] parameter cannot be negative but was [-1]"
+
+
+def test_an_unknown_query_is_a_parsing_exception(es, index):
+    unknown = httpx.post(es.url + "/_search", json={"query": {"foo": {}}})
+    assert unknown.status_code == 400
+    body = unknown.json()
+    assert body["error"]["root_cause"] == [
+        {"type": "parsing_exception", "reason": "unknown query [foo]", "line": 1, "col": 17}
+    ]
+    assert body["error"]["caused_by"] == {
+        "type": "named_object_not_found_exception",
+        "reason": "[1:17] unknown field [foo]",
+    }
+    with pytest.raises(BadRequestError, match=r"unknown query \[mach\] did you mean \[match\]\?"):
+        Elasticsearch(es.url).search(query={"mach": {"message": "x"}})
+    malformed = httpx.post(es.url + "/_search", json={"query": {"term": "x"}}).json()["error"]
+    assert malformed["reason"] == "[term] query malformed, no start_object after query name"
+    empty = httpx.post(es.url + "/_search", json={"query": {}}).json()["error"]
+    assert empty["type"] == "illegal_argument_exception"
+    assert empty["reason"] == "query malformed, empty clause found at [1:11]"
+    in_bool = httpx.post(es.url + "/_search", json={"query": {"bool": {"must": [{}]}}}).json()["error"]
+    assert in_bool["type"] == "x_content_parse_exception"
+    assert in_bool["reason"].endswith("[bool] failed to parse field [must]")
+    assert in_bool["caused_by"]["reason"] == "query malformed, empty clause found at [1:28]"
+    unemulated = httpx.post(es.url + "/_search", json={"query": {"range": {"n": {"gte": 1}}}}).json()["error"]
+    assert unemulated["reason"] == "query [range] is not emulated by this fake Elasticsearch"
+    broken = httpx.post(es.url + "/_search", content=b'{"query":', headers={"Content-Type": "application/json"})
+    assert broken.status_code == 400 and broken.json()["error"]["type"] == "x_content_e_o_f_exception"
+    unknown_key = httpx.post(es.url + "/_search", json={"sise": 1}).json()["error"]
+    assert unknown_key["reason"] == "Unknown key for a VALUE_NUMBER in [sise]."
+
+
+def test_search_endpoints_check_methods_parameters_and_content_types(es):
+    put = httpx.put(es.url + "/_count")
+    assert put.status_code == 405 and put.headers["allow"] == "GET,POST"
+    unknown = httpx.get(es.url + "/_search?nope=1").json()["error"]
+    assert unknown["reason"] == "request [/_search] contains unrecognized parameter: [nope]"
+    text = httpx.post(es.url + "/_count", content=b"{}", headers={"Content-Type": "text/plain"})
+    assert text.status_code == 406
+
+
+def test_the_total_fields_limit_rejects_only_the_document_that_exceeds_it(index):
+    with ElasticsearchReceiver(total_fields_limit=8) as receiver:
+        # message and level are text with a .keyword multi-field: two fields each.
+        seed(receiver, index, {"message": "a", "level": "info", "code": 1})
+        assert receiver.mapping(index) == {"message": "text", "level": "text", "code": "long"}
+        body = ndjson(
+            {"create": {"_index": index, "_id": "fits"}},
+            {"message": "b", "code": 2, "ok": True},  # one new field: 6 of 8
+            {"create": {"_index": index, "_id": "over"}},
+            {"message": "c", "k8s": {"pod": "p", "ns": "n"}},  # the object (7), then k8s.pod (9)
+            {"create": {"_index": index, "_id": "after"}},
+            {"level": "warn"},
+        )
+        fits, over, after = (item["create"] for item in post_bulk(receiver, body).json()["items"])
+        assert fits["status"] == 201 and after["status"] == 201
+        reason = "Limit of total fields [8] has been exceeded while adding new fields [3]"
+        assert over["status"] == 400
+        assert over["error"] == {
+            "type": "document_parsing_exception",
+            "reason": f"[1:29] failed to parse: {reason}",  # at the value of k8s.pod
+            "caused_by": {"type": "illegal_argument_exception", "reason": reason},
+        }
+        assert receiver.ids(index)[1:] == ["fits", "after"]
+        assert "k8s" not in receiver.mapping(index) and "k8s.pod" not in receiver.mapping(index)
+        assert Elasticsearch(receiver.url).count(index=index)["count"] == 3
+
+
+def test_authentication_compatibility_and_faults_apply_to_count_and_search(es, es8, index):
+    seed(es, index, {"a": 1})
+    with ElasticsearchReceiver(auth=BasicAuth("elastic", "changeme")) as secured:
+        refused = httpx.get(secured.url + "/_count")
+        assert refused.status_code == 401 and "x-elastic-product" not in refused.headers
+        assert refused.json()["error"]["reason"] == "missing authentication credentials for REST request [/_count]"
+        assert Elasticsearch(secured.url, basic_auth=("elastic", "changeme")).count()["count"] == 0
+    compatible = httpx.post(es8.url + "/_search", json={}, headers={**COMPAT_8, "Content-Type": COMPAT_8["Accept"]})
+    assert compatible.status_code == 200
+    assert compatible.headers["content-type"] == "application/vnd.elasticsearch+json;compatible-with=8"
+    with pytest.raises(BadRequestError, match="media_type_header_exception"):
+        Elasticsearch(es8.url).count()
+    es.inject(RejectRequest(503), on="_search")
+    es.inject(DropConnection(), on="_count")
+    assert post_bulk(es, ndjson({"index": {"_index": index}}, {"a": 2})).status_code == 200  # not for _bulk
+    unavailable = httpx.post(f"{es.url}/{index}/_search", json={})
+    assert unavailable.status_code == 503 and unavailable.json()["error"]["type"] == "cluster_block_exception"
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(f"{es.url}/{index}/_count")
+    es.inject(RejectRequest(429), on="_count")
+    busy = Elasticsearch(es.url, max_retries=1, retry_on_status=(429,))
+    assert busy.count(index=index)["count"] == 2  # the transport retried the rejected count
+    with pytest.raises(ValueError, match="_bulk request only"):
+        es.inject(FailItems(every=ItemFault.REJECTED), on="_search")
+
+
+def test_count_only_counts_but_does_not_search():
+    with ElasticsearchReceiver(count_only=True) as receiver:
+        seed(receiver, "c", {"a": 1}, {"a": 2})
+        assert Elasticsearch(receiver.url).count(index="c")["count"] == 2
+        filtered = httpx.post(receiver.url + "/c/_count", json={"query": {"term": {"a": 1}}})
+        assert filtered.status_code == 400
+        reason = "a count-only receiver keeps no sources: only match_all can be counted"
+        assert filtered.json()["error"]["reason"] == reason
+        search = httpx.get(receiver.url + "/c/_search")
+        assert search.status_code == 400
+        assert search.json()["error"]["reason"] == (
+            "a count-only receiver keeps no sources and cannot answer _search; use _count"
+        )
+
+
 # Count-only mode and the program -------------------------------------------------------------------
 
 
@@ -848,3 +1104,87 @@ def test_the_fast_and_the_exact_action_line_paths_agree(action, metadata):
         key = next(iter(metadata))
         repeated = compact[:-2] + b',"%s":"again"}}' % key.encode()
         assert outcome(repeated)["error"]["caused_by"]["reason"].startswith(f"Duplicate field '{key}'")
+
+
+# HTTPS and ending fault storms ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def es_tls():
+    with ElasticsearchReceiver(version="9.1.0", tls=True) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="module")
+def es_mtls():
+    with ElasticsearchReceiver(version="9.1.0", require_client_cert=True) as receiver:
+        yield receiver
+
+
+def test_the_official_client_works_over_https_with_the_ca(es_tls, index):
+    assert es_tls.url.startswith("https://127.0.0.1:")
+    client = Elasticsearch(es_tls.url, ca_certs=es_tls.ca_file)
+    assert client.info()["version"]["number"] == "9.1.0"
+    response = client.bulk(operations=[{"create": {"_index": index, "_id": "1"}}, {"m": 1}], refresh=True)
+    assert response["errors"] is False
+    assert es_tls.documents(index) == [{"m": 1}]
+    with pytest.raises(RuntimeError, match="require_client_cert"):
+        es_tls.client_cert_file  # noqa: B018
+
+
+def test_without_the_ca_the_client_fails_verification_and_the_node_carries_on(es_tls, capfd):
+    with pytest.raises(TlsError) as refused:
+        Elasticsearch(es_tls.url, max_retries=0).info()
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.value.message
+    # Plain HTTP on the TLS port is another failed handshake, not a crash.
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(es_tls.url.replace("https://", "http://") + "/", timeout=2)
+    assert Elasticsearch(es_tls.url, ca_certs=es_tls.ca_file).ping() is True
+    assert "Traceback" not in capfd.readouterr().err  # failed handshakes are logged quietly
+
+
+def test_a_client_certificate_is_required_when_asked_for(es_mtls, index):
+    assert Path(es_mtls.client_cert_file).is_file() and Path(es_mtls.client_key_file).is_file()
+    with pytest.raises(TransportConnectionError):
+        Elasticsearch(es_mtls.url, ca_certs=es_mtls.ca_file, max_retries=0).info()
+    client = Elasticsearch(
+        es_mtls.url,
+        ca_certs=es_mtls.ca_file,
+        client_cert=es_mtls.client_cert_file,
+        client_key=es_mtls.client_key_file,
+    )
+    assert client.info()["version"]["number"] == "9.1.0"
+    assert client.bulk(operations=[{"create": {"_index": index}}, {"m": 1}])["errors"] is False
+    assert es_mtls.count(index) == 1
+
+
+def test_tls_files_exist_only_while_running():
+    receiver = ElasticsearchReceiver(tls=True)
+    with pytest.raises(RuntimeError, match="tls=True"):
+        receiver.ca_file  # noqa: B018
+    with receiver:
+        ca_file = Path(receiver.ca_file)
+        assert ca_file.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    assert not ca_file.parent.exists()
+    with ElasticsearchReceiver() as plain:
+        assert plain.url.startswith("http://")  # plain HTTP by default
+
+
+def test_clear_faults_ends_a_429_storm(es, index):
+    client = Elasticsearch(es.url, max_retries=0)
+    operations = [{"create": {"_index": index}}, {"m": 1}]
+    es.inject(*[RejectRequest(429)] * 1000)
+    es.inject(RejectRequest(503), on="_search")
+    for _ in range(3):
+        with pytest.raises(ApiError) as refused:
+            client.bulk(operations=operations)
+        assert refused.value.meta.status == 429
+    dropped = es.clear_faults(on="_bulk")
+    assert dropped == [RejectRequest(429)] * 997
+    assert es.pending_faults == [RejectRequest(503)]  # other endpoints keep theirs
+    assert client.bulk(operations=operations)["errors"] is False
+    assert es.count(index) == 1
+    assert es.clear_faults() == [RejectRequest(503)]
+    assert es.pending_faults == []
+    with pytest.raises(ValueError, match="not _flush"):
+        es.clear_faults(on="_flush")

@@ -314,3 +314,15 @@ def test_reading_pauses_while_elasticsearch_is_down_and_resumes_without_loss(tmp
 
         asyncio.run(scenario())
         assert messages(es) == [f"line {i}" for i in range(20000)]
+
+
+def test_several_requests_are_in_flight_at_once(tmp_path):
+    log = tmp_path / "app.log"
+    write_lines(log, 40)
+    with ElasticsearchReceiver() as es:
+        es.inject(*[Delay(0.5)] * 4)
+        pipeline, _ = make(tmp_path, es.url, batch={"max_records": 10, "flush_secs": 0.02}, max_in_flight_requests=3)
+        asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        assert messages(es) == [f"line {i}" for i in range(40)]
+        # Each concurrent request needs its own keep-alive connection: three senders, three.
+        assert es.stats.connections == 3

@@ -89,7 +89,13 @@ class DeadLetterFile:
 
 class Batcher:
     """Packs items into batches (``max_records``, ``max_bytes``, ``flush_secs``) and hands
-    each to ``send`` on one of ``senders`` tasks, so several requests are in flight."""
+    each to ``send`` on one of ``senders`` tasks, so several requests are in flight.
+
+    An item is whatever the sink encodes: best one per accepted chunk holding many records
+    (a few Python objects per chunk, not per record, keeps memory close to the encoded
+    bytes). A sink keeps ``max_records`` exact by cutting items at ``room()``; ``max_bytes``
+    may be passed by the one item that crossed it.
+    """
 
     def __init__(self, options: BatchOptions, senders: int, send: Callable[[list], Awaitable[None]],
                  on_bytes: Callable[[int], None]) -> None:
@@ -98,6 +104,7 @@ class Batcher:
         self._send = send
         self._on_bytes = on_bytes  # told of bytes taken in (+) and delivered (-)
         self._items: list = []
+        self._records = 0
         self._bytes = 0
         self._opened_at = 0.0
         self._queue: asyncio.Queue[tuple[list, int]] = asyncio.Queue()
@@ -107,23 +114,25 @@ class Batcher:
         self._tasks = [asyncio.create_task(self._sender()) for _ in range(self._senders)]
         self._tasks.append(asyncio.create_task(self._flush_timer()))
 
-    def add(self, items: list, sizes: list[int]) -> None:
-        """Take the items of one chunk; ``sizes[i]`` is the encoded size of ``items[i]``."""
-        options = self.options
+    def room(self) -> int:
+        """How many more records the batch being filled takes."""
+        return self.options.max_records - self._records
+
+    def add(self, item, size: int, records: int) -> None:
+        """Take one item of ``size`` encoded bytes holding ``records`` records."""
         if not self._items:
             self._opened_at = time.monotonic()
-        self._on_bytes(sum(sizes))
-        for item, size in zip(items, sizes):
-            self._items.append(item)
-            self._bytes += size
-            if len(self._items) >= options.max_records or self._bytes >= options.max_bytes:
-                self.flush()
-                self._opened_at = time.monotonic()
+        self._on_bytes(size)
+        self._items.append(item)
+        self._records += records
+        self._bytes += size
+        if self._records >= self.options.max_records or self._bytes >= self.options.max_bytes:
+            self.flush()
 
     def flush(self) -> None:
         if self._items:
             self._queue.put_nowait((self._items, self._bytes))
-            self._items, self._bytes = [], 0
+            self._items, self._records, self._bytes = [], 0, 0
 
     async def drain(self) -> None:
         """Return once every item taken so far is delivered or dead-lettered."""
@@ -148,7 +157,7 @@ class Batcher:
             try:
                 await self._send(items)
             except Exception:  # a bug in a sink must not stop delivery for good: say so loudly
-                log.exception("sending a batch of %d records failed unexpectedly; sending it again", len(items))
+                log.exception("sending a batch of %d items failed unexpectedly; sending it again", len(items))
                 self._queue.put_nowait((items, size))
                 await asyncio.sleep(1.0)
             else:

@@ -23,7 +23,7 @@ import time
 
 import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout
+from elastic_transport import ConnectionTimeout, NdjsonSerializer, OrjsonSerializer
 from elasticsearch import ApiError, AsyncElasticsearch
 
 from shipper.acks import AckRange
@@ -87,16 +87,27 @@ class ElasticsearchSink:
             known = self._files[source.key] = (_file_id(self._node_name, source.key), template)
         file_id, template = known
         pending = PendingAck(ack_range, len(records))
-        action_starts, dumps = self._action_starts, orjson.dumps
-        items, sizes = [], []
-        for record, offset in zip(records, offsets):
+        start, end = 0, len(records)
+        while start < end:
+            # Cut at the open batch's room so every batch keeps to batch.max_records.
+            stop = min(end, start + self._batcher.room())
+            body = self._encode(records, offsets, start, stop, file_id, template)
+            self._batcher.add(_Piece(body, stop - start, pending), len(body), stop - start)
+            start = stop
+
+    def _encode(self, records: list[dict], offsets: list[int], start: int, stop: int, file_id: bytes,
+                template: str) -> bytes:
+        """Action and document lines of ``records[start:stop]``, joined."""
+        action_starts, dumps, newline = self._action_starts, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        parts = []
+        append = parts.append
+        for i in range(start, stop):
+            record = records[i]
             hour = record["@timestamp"][:13]
             action_start = action_starts.get((template, hour)) or self._action_start(template, hour)
-            action = b"%s%s-%x\"}}\n" % (action_start, file_id, offset)
-            document = dumps(record, option=orjson.OPT_APPEND_NEWLINE)
-            items.append((action, document, pending))
-            sizes.append(len(action) + len(document))
-        self._batcher.add(items, sizes)
+            append(b'%s%s-%x"}}\n' % (action_start, file_id, offsets[i]))
+            append(dumps(record, option=newline))
+        return b"".join(parts)
 
     def _action_start(self, template: str, hour: str) -> bytes:
         index = render_index(template, hour)
@@ -109,25 +120,28 @@ class ElasticsearchSink:
 
     # ---- delivery (sender tasks) ----------------------------------------------------------
 
-    async def _send(self, items: list[tuple]) -> None:
-        """Deliver or dead-letter every item; returns only when none is left to retry."""
+    async def _send(self, pieces: list["_Piece"]) -> None:
+        """Deliver or dead-letter every document of a batch of pieces; returns only when
+        none is left to retry."""
+        await self._deliver(_Batch.of_pieces(pieces))
+
+    async def _deliver(self, batch: "_Batch") -> None:
         retry = self._delivery.retry
         backoff = Backoff(retry.initial_backoff_secs, retry.max_backoff_secs)
-        while items:
+        while batch is not None:
             try:
                 headers = await self._discover()
             except _NotReady as not_ready:
                 await asyncio.sleep(not_ready.delay or backoff.next_delay())
                 continue
-            body = b"".join([part for action, document, _ in items for part in (action, document)])
             started = time.monotonic()
             try:
                 response = await self._client.perform_request(
-                    "POST", "/_bulk", params=_FILTER_PATH, headers=headers, body=body
+                    "POST", "/_bulk", params=_FILTER_PATH, headers=headers, body=batch.body
                 )
             except ApiError as error:
                 self._observe(started, f"http_{error.meta.status}")
-                delay = await self._request_failed(items, error, backoff)
+                delay = await self._request_failed(batch, error, backoff)
                 if delay is None:
                     return
                 await asyncio.sleep(delay)
@@ -136,101 +150,96 @@ class ElasticsearchSink:
                 reason = "timeout" if isinstance(error, ConnectionTimeout) else "connection"
                 self._observe(started, reason)
                 self._retries.labels(sink=self.name, reason=reason).inc()
-                log.warning("%s: %s on _bulk (%s); retrying %d documents", self.name, reason, error, len(items))
+                log.warning("%s: %s on _bulk (%s); retrying %d documents", self.name, reason, error, batch.documents)
                 await asyncio.sleep(backoff.next_delay())
                 continue
             self._observe(started, "ok")
-            self._sent_bytes.inc(len(body))
-            items = self._items_answered(items, response.body)
-            if items:
+            self._sent_bytes.inc(len(batch.body))
+            batch = self._answered(batch, response.body)
+            if batch is not None:
                 await asyncio.sleep(backoff.next_delay())
-            else:
-                backoff.reset()
 
-    async def _request_failed(self, items: list[tuple], error: ApiError, backoff: Backoff) -> float | None:
+    async def _request_failed(self, batch: "_Batch", error: ApiError, backoff: Backoff) -> float | None:
         """What to do after a non-2xx answer: the delay before retrying, or None when done."""
         status = error.meta.status
         if status == 413:
             # Too large for http.max_content_length: halves until each fits or is one document.
             self._retries.labels(sink=self.name, reason="http_413_split").inc()
-            if len(items) == 1:
-                self._dead_letter(items, [{"status": 413, "error": {"type": "request_entity_too_large",
-                                                                    "reason": "document exceeds http.max_content_length"}}])
+            singles = batch.singles()
+            if len(singles) == 1:
+                self._dead_letter(singles, [{"status": 413, "error": {"type": "request_entity_too_large",
+                                                                      "reason": "document exceeds http.max_content_length"}}])
                 return None
-            half = len(items) // 2
-            await self._send(items[:half])
-            await self._send(items[half:])
+            half = len(singles) // 2
+            await self._deliver(_Batch.of_singles(singles[:half]))
+            await self._deliver(_Batch.of_singles(singles[half:]))
             return None
         if status in (401, 403):
             log.error("%s: Elasticsearch refused the credentials (HTTP %d: %s); %d documents wait, retrying in %.0fs",
-                      self.name, status, _error_text(error), len(items), self._delivery.retry.auth_backoff_secs)
+                      self.name, status, _error_text(error), batch.documents, self._delivery.retry.auth_backoff_secs)
             self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
             return self._delivery.retry.auth_backoff_secs
         if status == 429 or status >= 500:
             self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
             log.warning("%s: _bulk answered %d (%s); retrying %d documents", self.name, status, _error_text(error),
-                        len(items))
+                        batch.documents)
             return backoff.next_delay()
         # Any other whole-request refusal will not change on retry: keep the documents with it.
         log.error("%s: _bulk refused the whole request with %d: %s; dead-lettering %d documents",
-                  self.name, status, _error_text(error), len(items))
+                  self.name, status, _error_text(error), batch.documents)
         body = error.body if isinstance(error.body, dict) else {}
         reason = body.get("error") if isinstance(body.get("error"), dict) else {"type": f"http_{status}",
                                                                                    "reason": _error_text(error)}
-        self._dead_letter(items, [{"status": status, "error": reason}] * len(items))
+        self._dead_letter(batch.singles(), [{"status": status, "error": reason}] * batch.documents)
         return None
 
-    def _items_answered(self, items: list[tuple], answer: dict) -> list[tuple]:
-        """Settle each item by its per-item status; returns the items to send again."""
+    def _answered(self, batch: "_Batch", answer: dict) -> "_Batch | None":
+        """Settle each document by its per-item status; returns what to send again."""
         if not answer.get("errors"):
-            self._settle(items)
-            return []
+            self._delivered.inc(batch.documents)
+            for count, pending in batch.owners:
+                pending.done(count)
+            return None
         results = answer.get("items", [])
-        if len(results) != len(items):
+        if len(results) != batch.documents:
             log.error("%s: _bulk answered %d items for %d actions; sending them again", self.name, len(results),
-                      len(items))
+                      batch.documents)
             self._retries.labels(sink=self.name, reason="item_count_mismatch").inc()
-            return items
-        delivered, replayed, retry, refused, refusals = [], 0, [], [], []
+            return batch
+        delivered, replayed, retry, refused, refusals = 0, 0, [], [], []
         retry_reasons: dict[str, int] = {}
-        for item, result in zip(items, results):
+        for single, result in zip(batch.singles(), results):
             (outcome,) = result.values()
             status = outcome.get("status", 0)
-            if status < 300:
-                delivered.append(item)
-            elif status == 409:  # created before: a replay after a restart or a lost answer
-                delivered.append(item)
-                replayed += 1
+            if status < 300 or status == 409:  # 409: created before, by a replay or a lost answer
+                delivered += 1
+                replayed += status == 409
+                single[2].done(1)
             elif status == 429 or status >= 500:
-                retry.append(item)
+                retry.append(single)
                 reason = _error_type(outcome)
                 retry_reasons[reason] = retry_reasons.get(reason, 0) + 1
             else:
-                refused.append(item)
+                refused.append(single)
                 refusals.append(outcome)
-        self._settle(delivered)
+        self._delivered.inc(delivered)
         if replayed:
             self._replayed.inc(replayed)
         if refused:
             self._dead_letter(refused, refusals)
         for reason, count in retry_reasons.items():
             self._retries.labels(sink=self.name, reason=reason).inc(count)
-        return retry
+        return _Batch.of_singles(retry) if retry else None
 
-    def _settle(self, items: list[tuple]) -> None:
-        self._delivered.inc(len(items))
-        for _, _, pending in items:
-            pending.done()
-
-    def _dead_letter(self, items: list[tuple], outcomes: list[dict]) -> None:
+    def _dead_letter(self, singles: list[tuple], outcomes: list[dict]) -> None:
         entries = []
-        for (action, document, _), outcome in zip(items, outcomes):
+        for (action, document, _), outcome in zip(singles, outcomes):
             error = outcome.get("error") or {}
             target = orjson.loads(action)["create"]
             reason = _error_type(outcome)
             entries.append({
                 "reason": reason, "status": outcome.get("status"), "error": error.get("reason", ""),
-                "index": target["_index"], "id": target["_id"], "record": orjson.Fragment(document[:-1]),
+                "index": target["_index"], "id": target["_id"], "record": orjson.Fragment(document),
             })
             self._rejected.labels(sink=self.name, reason=reason).inc()
         try:
@@ -243,8 +252,8 @@ class ElasticsearchSink:
         else:
             log.warning("%s: %d documents refused (%s); written to %s", self.name, len(entries),
                         ", ".join(sorted({e["reason"] for e in entries})), self._dead_letters.path)
-        for _, _, pending in items:
-            pending.done()
+        for _, _, pending in singles:
+            pending.done(1)
 
     async def _discover(self) -> dict[str, str]:
         """The compatibility headers for the cluster's major version, from ``GET /``; raises
@@ -282,6 +291,63 @@ class ElasticsearchSink:
 
     def _observe(self, started: float, outcome: str) -> None:
         self._latency.labels(sink=self.name, outcome=outcome).observe(time.monotonic() - started)
+
+
+class _EncodedNdjson(NdjsonSerializer):
+    """Bodies are already NDJSON bytes: pass them on. The stock serializer copies each body
+    twice more (a bytearray, then bytes), which with several 5 MB requests in flight is most
+    of the sink's memory."""
+
+    def dumps(self, data) -> bytes:
+        if isinstance(data, bytes):
+            return data
+        return super().dumps(data)
+
+
+class _Piece:
+    """``count`` action and document line pairs, encoded together from one chunk."""
+
+    __slots__ = ("body", "count", "pending")
+
+    def __init__(self, body: bytes, count: int, pending: PendingAck) -> None:
+        self.body = body
+        self.count = count
+        self.pending = pending
+
+
+class _Batch:
+    """One ``_bulk`` body and whose documents it holds, in order: ``owners`` is
+    ``(documents, PendingAck)`` per piece. The pieces' own bytes are let go once joined, so
+    a batch in flight costs its body once."""
+
+    __slots__ = ("body", "owners", "documents")
+
+    def __init__(self, body: bytes, owners: list[tuple[int, PendingAck]]) -> None:
+        self.body = body
+        self.owners = owners
+        self.documents = sum(count for count, _ in owners)
+
+    @classmethod
+    def of_pieces(cls, pieces: list[_Piece]) -> "_Batch":
+        body = pieces[0].body if len(pieces) == 1 else b"".join([piece.body for piece in pieces])
+        for piece in pieces:
+            piece.body = b""
+        return cls(body, [(piece.count, piece.pending) for piece in pieces])
+
+    @classmethod
+    def of_singles(cls, singles: list[tuple]) -> "_Batch":
+        body = b"".join([b"%s\n%s\n" % (action, document) for action, document, _ in singles])
+        return cls(body, [(1, pending) for _, _, pending in singles])
+
+    def singles(self) -> list[tuple[bytes, bytes, PendingAck]]:
+        """``(action line, document line, its PendingAck)`` per document (error paths only)."""
+        lines = self.body.split(b"\n")
+        singles, line = [], 0
+        for count, pending in self.owners:
+            for _ in range(count):
+                singles.append((lines[line], lines[line + 1], pending))
+                line += 2
+        return singles
 
 
 class _NotReady(Exception):
@@ -322,6 +388,8 @@ def _client_options(options: ElasticsearchOptions) -> dict:
         "request_timeout": delivery.request_timeout_secs,
         "http_compress": delivery.compression == "gzip",
         "verify_certs": tls.verify,
+        # orjson reads the _bulk answers: one small object per document even when all succeed.
+        "serializers": {"application/x-ndjson": _EncodedNdjson(), "application/json": OrjsonSerializer()},
     }
     if auth.user:
         client["basic_auth"] = (auth.user, auth.password)

@@ -32,8 +32,8 @@ class TlsOptions:
 
 @dataclass(frozen=True)
 class BatchOptions:
-    max_records: int = 5000
-    max_bytes: int = 5 << 20
+    max_records: int = 2000
+    max_bytes: int = 2 << 20
     flush_secs: float = 1.0
 
 

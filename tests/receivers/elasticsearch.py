@@ -1,4 +1,4 @@
-"""A strict fake Elasticsearch 8.x/9.x node for the `_bulk` API.
+"""A strict fake Elasticsearch 8.x/9.x node for the `_bulk`, `_count` and `_search` APIs.
 
 Test equipment for the Elasticsearch sink (PROTOCOLS.md §1). The official `elasticsearch` Python
 client works against it unchanged, and it refuses what a real node refuses, with the same status
@@ -16,8 +16,20 @@ and error body:
   `create` conflicts (409), index-name validation, JSON and duplicate-key errors and a small
   dynamic mapping (long, float, boolean, text, date, object) whose type conflicts fail the
   way DocumentParser fails them.
+- `index.mapping.total_fields.limit` (`total_fields_limit`, default 1000): a document whose new
+  fields would exceed it fails alone, as DocumentParser fails it, and adds nothing.
+- `_count` and `_search` (GET or POST, on `/`, an index, a comma list or a wildcard pattern) with
+  match_all, term, match and bool (must/filter/must_not/should), size, from and track_total_hits;
+  404 index_not_found_exception for a missing concrete index, 400 parsing_exception for an unknown
+  query. Writes are visible at once (as with refresh=true) and scores are not BM25; see the
+  section's comment for the rest of what is simplified.
 - `filter_path`, basic/API-key/bearer authentication, and scripted faults (whole-request 429/
-  500/503, dropped connections, slow answers, per-item 429/503 and flood-stage blocks).
+  500/503, dropped connections, slow answers, per-item 429/503 and flood-stage blocks), queued
+  per endpoint: `inject(RejectRequest(503), on="_search")`; `clear_faults()` drops what is still
+  queued, so a long fault storm can end on cue.
+- HTTPS (`tls=True`) with a throwaway CA (`ca_file`), optionally requiring a client certificate
+  from the same CA (`require_client_cert=True`; `client_cert_file`, `client_key_file`). Failed
+  handshakes cost only their connection.
 
 Use from tests::
 
@@ -30,6 +42,9 @@ Run as a counting `_bulk` sink for benchmarks (prints counts as JSON on SIGINT/S
 
     python -m tests.receivers.elasticsearch --port 9200 [--version 8.19.0] [--count-only]
 
+In count-only mode `_count` counts (match_all only, as no sources are kept) and `_search` answers
+400 illegal_argument_exception saying why.
+
 Where the real node's behaviour was not verified, the code says so in a comment.
 """
 
@@ -38,7 +53,6 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import contextlib
 import copy
 import dataclasses
 import enum
@@ -51,15 +65,18 @@ import re
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
+
+from tests.receivers._tls import TLSFiles, cut
 
 DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024  # http.max_content_length default (100mb)
 _PRODUCT_HEADER = ("X-elastic-product", "Elasticsearch")
@@ -179,6 +196,7 @@ class FailItems:
 
 
 Fault = RejectRequest | DropConnection | Delay | FailItems
+_ENDPOINTS = ("_bulk", "_count", "_search")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1064,12 +1082,27 @@ class _DocumentParser:
     Mappings a document adds count for the rest of that same document; ES collects them and may
     instead fail the merge ("mapper [x] cannot be changed from type [long] to [text]"), which is
     not emulated. Failures raise _ItemError with ES's reason, location and cause.
+
+    `index.mapping.total_fields.limit` is checked as DocumentParserContext.addDynamicMapper does,
+    eagerly at each new field: the mapped fields plus this document's new ones (a dynamic string
+    is two, text and its `.keyword` multi-field) may not exceed `fields_limit`.
     """
 
-    def __init__(self, text: str, mapping: Mapping[tuple[str, ...], str], doc_id: str) -> None:
+    def __init__(
+        self,
+        text: str,
+        mapping: Mapping[tuple[str, ...], str],
+        doc_id: str,
+        *,
+        fields_limit: int | None = None,
+        mapped_fields: int = 0,
+    ) -> None:
         self._text = text
         self._mapping = mapping
         self._doc_id = doc_id
+        self._fields_limit = fields_limit
+        self._mapped_fields = mapped_fields
+        self._new_fields = 0
         self._tokens = json_tokens(text)
         self._current: _Token | None = None
         self.new_mappings: dict[tuple[str, ...], str] = {}
@@ -1144,7 +1177,7 @@ class _DocumentParser:
             parent = (*parent, part)
             mapped = self._type_of(parent)
             if mapped is None:
-                self.new_mappings[parent] = _OBJECT
+                self._add_mapping(parent, _OBJECT)
             elif mapped != _OBJECT:
                 # The dotted name stands for an object, which a leaf field cannot take.
                 raise self._field_failure(parent, mapped, token, self._object_cause(mapped, token), parts[depth + 1 :])
@@ -1155,7 +1188,7 @@ class _DocumentParser:
         if token.kind == START_OBJECT:
             mapped = self._type_of(path)
             if mapped is None:
-                self.new_mappings[path] = _OBJECT
+                self._add_mapping(path, _OBJECT)
             elif mapped != _OBJECT:
                 raise self._field_failure(path, mapped, token, self._object_cause(mapped, token))
             return self._members(path)
@@ -1175,10 +1208,20 @@ class _DocumentParser:
                 "but found a concrete value",
             )
         if mapped is None:
-            self.new_mappings[path] = _dynamic_type(token)
+            self._add_mapping(path, _dynamic_type(token))
         elif (cause := self._value_cause(mapped, token)) is not None:
             raise self._field_failure(path, mapped, token, cause)
         return token.value
+
+    def _add_mapping(self, path: tuple[str, ...], kind: str) -> None:
+        added = self._new_fields + _field_count(kind)
+        if self._fields_limit is not None and self._mapped_fields + added > self._fields_limit:
+            # MappingLookup.checkFieldLimit; DocumentParser wraps it at the value being parsed.
+            limit = self._fields_limit
+            message = f"Limit of total fields [{limit}] has been exceeded while adding new fields [{added}]"
+            raise self._wrapped(message, _exception("illegal_argument_exception", message))
+        self._new_fields = added
+        self.new_mappings[path] = kind
 
     def _field_failure(
         self, path: tuple[str, ...], mapped: str, token: _Token, cause: dict, inner_path: list[str] = ()
@@ -1250,6 +1293,12 @@ class _DocumentParser:
         )
 
 
+def _field_count(kind: str) -> int:
+    """Mapper.getTotalFieldsCount of a dynamic mapper: a string becomes text with a `keyword`
+    multi-field (kept implicit in the mapping here), which counts as a second field."""
+    return 2 if kind == "text" else 1
+
+
 def _dynamic_type(token: _Token) -> str:
     """DynamicFieldsBuilder's defaults: no numeric detection, date detection on."""
     if token.kind == VALUE_BOOLEAN:
@@ -1281,6 +1330,7 @@ class _Index:
         self.name = name
         self.uuid = _random_id(16)
         self.mapping: dict[tuple[str, ...], str] = {}
+        self.mapped_fields = 0  # what index.mapping.total_fields.limit counts
         self.documents: dict[str, _StoredDocument] = {}
         self.tombstones: dict[str, int] = {}  # versions of deleted documents (index.gc_deletes)
         self._next_seq_no = 0
@@ -1330,10 +1380,15 @@ def _item_fault_error(fault: ItemFault, index: str, shard_items: int, source_byt
     return 429, _exception(fault.value, reason)
 
 
-def _request_fault_body(fault: RejectRequest, body_bytes: int) -> dict:
+def _request_fault_body(fault: RejectRequest, body_bytes: int, endpoint: str = "_bulk") -> dict:
     if fault.error_type is not None:
         return _error_body(fault.status, _exception(fault.error_type, fault.reason))
-    if fault.status == 429:
+    if fault.status == 429 and endpoint != "_bulk":
+        # A full search queue; the real reason names the executor and its queue (not verified).
+        error = _exception(
+            "es_rejected_execution_exception", "rejected execution of search on a full [search] thread pool queue"
+        )
+    elif fault.status == 429:
         error = _exception(
             "es_rejected_execution_exception",
             "rejected execution of coordinating operation [coordinating_and_primary_bytes=0, replica_bytes=0, "
@@ -1363,8 +1418,9 @@ def _merged(current: dict, changes: dict) -> dict:
 class _Cluster:
     """All indices; the receiver serializes access (items of one shard run in order in ES too)."""
 
-    def __init__(self, count_only: bool) -> None:
+    def __init__(self, count_only: bool, total_fields_limit: int = 1000) -> None:
         self.count_only = count_only
+        self.total_fields_limit = total_fields_limit
         self.indices: dict[str, _Index] = {}
 
     def execute(self, items: list[_BulkItem], item_faults: FailItems | None, forced_refresh: bool) -> list[dict]:
@@ -1421,10 +1477,17 @@ class _Cluster:
                 pass
             _DocumentParser(raw.decode("utf-8", "surrogateescape"), {}, doc_id).parse()
             return None
-        parser = _DocumentParser(raw.decode("utf-8", "surrogateescape"), index.mapping, doc_id)
+        parser = _DocumentParser(
+            raw.decode("utf-8", "surrogateescape"),
+            index.mapping,
+            doc_id,
+            fields_limit=self.total_fields_limit,
+            mapped_fields=index.mapped_fields,
+        )
         source = parser.parse()
         # The mapping update lands before the write itself, so it stays even if the write conflicts.
         index.mapping.update(parser.new_mappings)
+        index.mapped_fields += sum(map(_field_count, parser.new_mappings.values()))
         return source
 
     def _write(self, index: _Index, key: str, doc_id: str, raw: bytes, forced_refresh: bool) -> dict:
@@ -1497,6 +1560,414 @@ class _Cluster:
             return _succeeded("update", index.name, doc_id, existing.version, "noop", existing.seq_no, 200, False)
         source = self._parsed_source(index, orjson.dumps(merged), doc_id)
         return self._store(index, "update", doc_id, source, existing, forced_refresh)
+
+
+# `_count` and `_search` ------------------------------------------------------------------------
+#
+# A small, exact subset of the query DSL, evaluated over the stored sources. Every write is
+# visible at once, as if each `_bulk` had refresh=true (a real node shows documents after its
+# next refresh, 1s by default). Scores are not BM25: a matching scoring clause scores 1.0, a bool
+# query sums its must and should clauses and filter clauses score 0.0, so only "scored or not"
+# and the hit order of equal scores (index order, then write order) are like a real node.
+
+_TRACK_TOTAL_HITS_DEFAULT = 10_000
+_EMULATED_QUERIES = ("bool", "match", "match_all", "term")
+# Other query names a real node registers (SearchModule), used for "did you mean" suggestions and
+# to tell a real but unemulated query from an unknown one. Plugins register more; not exhaustive.
+_OTHER_QUERIES = (
+    "boosting", "combined_fields", "constant_score", "dis_max", "distance_feature", "exists", "function_score",
+    "fuzzy", "geo_bounding_box", "geo_distance", "geo_shape", "has_child", "has_parent", "ids", "intervals",
+    "knn", "match_bool_prefix", "match_none", "match_phrase", "match_phrase_prefix", "more_like_this",
+    "multi_match", "nested", "parent_id", "percolate", "pinned", "prefix", "query_string", "range",
+    "rank_feature", "regexp", "script", "script_score", "simple_query_string", "span_containing",
+    "span_first", "span_multi", "span_near", "span_not", "span_or", "span_term", "span_within", "terms",
+    "terms_set", "wildcard", "wrapper",
+)  # fmt: skip
+# SearchSourceBuilder keys a real node takes that this fake does not emulate.
+_UNEMULATED_SEARCH_KEYS = frozenset(
+    {
+        "_source", "aggregations", "aggs", "collapse", "docvalue_fields", "explain", "fields", "highlight",
+        "indices_boost", "knn", "min_score", "pit", "post_filter", "profile", "rank", "rescore", "retriever",
+        "runtime_mappings", "script_fields", "search_after", "seq_no_primary_term", "slice", "sort", "stats",
+        "stored_fields", "suggest", "terminate_after", "timeout", "track_scores", "version",
+    }
+)  # fmt: skip
+_COMMON_PARAMETERS = frozenset({"filter_path", "pretty", "human", "error_trace", "format"})
+_COUNT_PARAMETERS = _COMMON_PARAMETERS
+_SEARCH_PARAMETERS = _COMMON_PARAMETERS | {"size", "from", "track_total_hits", "rest_total_hits_as_int"}
+# Parameters RestCountAction / RestSearchAction take that this fake does not emulate.
+_UNEMULATED_PARAMETERS = frozenset(
+    {
+        "q", "df", "analyzer", "default_operator", "lenient", "analyze_wildcard", "min_score",
+        "terminate_after", "routing", "preference", "ignore_unavailable", "allow_no_indices",
+        "expand_wildcards", "ignore_throttled", "sort", "_source", "_source_includes", "_source_excludes",
+        "scroll", "search_type", "stored_fields", "docvalue_fields", "timeout", "request_cache",
+        "allow_partial_search_results", "batched_reduce_size", "typed_keys", "version", "explain",
+    }
+)  # fmt: skip
+
+
+def _check_parameters(query: Mapping[str, list[str]], allowed: frozenset[str], path: str) -> None:
+    """BaseRestHandler: parameters the handler did not consume fail the request."""
+    unemulated = [name for name in query if name in _UNEMULATED_PARAMETERS and name not in allowed]
+    if unemulated:
+        raise _illegal_argument(f"parameter [{unemulated[0]}] is not emulated by this fake Elasticsearch")
+    unknown = [name for name in query if name not in allowed]
+    if unknown:
+        names = ", ".join(f"[{name}]" for name in unknown)
+        plural = "s" if len(unknown) > 1 else ""
+        raise _illegal_argument(f"request [{path}] contains unrecognized parameter{plural}: {names}")
+
+
+def _index_not_found(name: str) -> RequestRejected:
+    error = _exception(
+        "index_not_found_exception",
+        f"no such index [{name}]",
+        **{"resource.type": "index_or_alias", "resource.id": name, "index_uuid": "_na_", "index": name},
+    )
+    return RequestRejected(404, _error_body(404, error))
+
+
+def _levenshtein_similarity(a: str, b: str) -> float:
+    """Lucene's LevenshteinDistance.getDistance: 1 - edits / longer length."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        previous = current
+    return 1.0 - previous[-1] / max(len(a), len(b), 1)
+
+
+def _suggestion(name: str, candidates: tuple[str, ...]) -> str:
+    """SuggestingErrorOnUnknown.suggest: close names, best first, then by name."""
+    scored = sorted(
+        (-similarity, candidate)
+        for candidate in candidates
+        if (similarity := _levenshtein_similarity(name, candidate)) > 0.5
+    )
+    if not scored:
+        return ""
+    names = [candidate for _, candidate in scored]
+    return f" did you mean [{names[0]}]?" if len(names) == 1 else f" did you mean any of [{', '.join(names)}]?"
+
+
+def _tokens_of(text: str) -> list[str]:
+    """An approximation of the standard analyzer: lower-cased runs of letters and digits.
+
+    The real one follows Unicode word-break rules (UAX #29), which differ on apostrophes,
+    periods between letters and some scripts."""
+    return re.findall(r"\w+", text.lower())
+
+
+def _flat_values(source: object, prefix: str, into: dict[str, list]) -> dict[str, list]:
+    """Every leaf value by its dotted field path; arrays are several values of one field."""
+    if isinstance(source, dict):
+        for key, value in source.items():
+            _flat_values(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}", into)
+    elif isinstance(source, list):
+        for value in source:
+            _flat_values(value, prefix, into)
+    elif source is not None:
+        into.setdefault(prefix, []).append(source)
+    return into
+
+
+@dataclasses.dataclass(frozen=True)
+class _Doc:
+    """What a query sees of a document: its values by field, and the index mapping."""
+
+    values: dict[str, list]
+    mapping: Mapping[tuple[str, ...], str]
+
+    def field(self, name: str) -> tuple[str | None, list]:
+        """(mapped type, values); `x.keyword` is the keyword multi-field of a dynamic text `x`."""
+        path = tuple(name.split("."))
+        kind = self.mapping.get(path)
+        if kind is None and len(path) > 1 and path[-1] == "keyword" and self.mapping.get(path[:-1]) == "text":
+            # ignore_above 256 in the dynamic template: longer strings are not indexed.
+            strings = map(_java_string, self.values.get(name[:-8], []))
+            return "keyword", [value for value in strings if len(value) <= 256]
+        values = self.values.get(name, [])
+        # A text field indexes what it was given as a string (numbers and booleans coerce).
+        return kind, list(map(_java_string, values)) if kind == "text" else values
+
+
+def _same_value(kind: str | None, stored: object, wanted: object) -> bool:
+    """Whether an indexed value equals a query value once the field type has parsed both."""
+    if kind in ("long", "float", "date") and not isinstance(wanted, bool):
+        try:
+            return Decimal(str(stored)) == Decimal(str(wanted))  # dates: equal epoch millis or text only
+        except ArithmeticError:
+            return str(stored) == str(wanted)
+    if kind == "boolean":
+        return _java_string(stored) == _java_string(wanted)
+    return isinstance(stored, str) and stored == _java_string(wanted)
+
+
+class _Query:
+    """A parsed query: `score` is None when the document does not match."""
+
+    match_all = False
+
+    def score(self, doc: _Doc) -> float | None:
+        raise NotImplementedError
+
+
+class _MatchAll(_Query):
+    match_all = True
+
+    def score(self, doc: _Doc) -> float | None:
+        return 1.0
+
+
+@dataclasses.dataclass
+class _Term(_Query):
+    field: str
+    value: object
+
+    def score(self, doc: _Doc) -> float | None:
+        kind, values = doc.field(self.field)
+        if kind == "text":  # a term query is not analysed: it must equal one indexed token
+            found = any(_java_string(self.value) in _tokens_of(value) for value in values)
+        else:
+            found = any(_same_value(kind, value, self.value) for value in values)
+        return 1.0 if found else None
+
+
+@dataclasses.dataclass
+class _Match(_Query):
+    field: str
+    text: object
+    operator: str  # "or" or "and"
+
+    def score(self, doc: _Doc) -> float | None:
+        kind, values = doc.field(self.field)
+        if kind != "text":  # keyword, numeric, boolean and date fields match the whole value
+            return 1.0 if any(_same_value(kind, value, self.text) for value in values) else None
+        wanted = _tokens_of(_java_string(self.text))
+        indexed = {token for value in values for token in _tokens_of(value)}
+        found = all if self.operator == "and" else any
+        return 1.0 if wanted and found(token in indexed for token in wanted) else None
+
+
+@dataclasses.dataclass
+class _Bool(_Query):
+    must: list[_Query]
+    filter: list[_Query]
+    must_not: list[_Query]
+    should: list[_Query]
+
+    def score(self, doc: _Doc) -> float | None:
+        total = 0.0
+        for clause in self.must:
+            if (score := clause.score(doc)) is None:
+                return None
+            total += score
+        if any(clause.score(doc) is None for clause in self.filter):
+            return None
+        if any(clause.score(doc) is not None for clause in self.must_not):
+            return None
+        should = [score for clause in self.should if (score := clause.score(doc)) is not None]
+        # minimum_should_match defaults to 1 when there is no must or filter clause, else 0.
+        if self.should and not self.must and not self.filter and not should:
+            return None
+        return total + sum(should)
+
+
+class _QueryParser:
+    """The body of `_search` (SearchSourceBuilder) or `_count` (RestActions.getQueryContent),
+    and the queries in it (AbstractQueryBuilder.parseInnerQueryBuilder), token by token."""
+
+    def __init__(self, body: bytes) -> None:
+        self._text = body.decode("utf-8", "surrogateescape")
+        self._tokens = json_tokens(self._text)
+        self._current: _Token | None = None
+
+    def _next(self) -> _Token | None:
+        self._current = next(self._tokens, None)
+        return self._current
+
+    def _parsing_error(self, token: _Token | None, reason: str, cause: dict | None = None) -> RequestRejected:
+        """ParsingException, located at the token (line and Jackson's column)."""
+        line, column = self._line_column(len(self._text) if token is None else token.start)
+        return _bad_request(_exception("parsing_exception", reason, caused_by=cause, line=line, col=column))
+
+    def _line_column(self, index: int) -> tuple[int, int]:
+        line_start = self._text.rfind("\n", 0, index) + 1
+        return self._text.count("\n", 0, index) + 1, _byte_column(self._text[line_start:], index - line_start)
+
+    def parse(self, *, search: bool) -> dict:
+        """{"query": _Query, and for a search "size", "from", "track_total_hits"}."""
+        try:
+            return self._parse(search=search)
+        except RequestRejected as rejection:
+            error = rejection.body["error"]
+            if search or error["type"] == "parsing_exception":
+                raise
+            # RestActions.getQueryContent: any other failure becomes "Failed to parse", located
+            # where the parser stopped, with the original as its cause.
+            cause = {key: value for key, value in error.items() if key != "root_cause"}
+            raise self._parsing_error(self._current, "Failed to parse", cause) from None
+
+    def _parse(self, *, search: bool) -> dict:
+        parsed: dict = {"query": _MatchAll()}
+        try:
+            first = self._next()
+            if first is None:
+                return parsed
+            if first.kind != START_OBJECT:
+                raise self._parsing_error(first, "Expected [START_OBJECT] but found [" + first.kind + "]")  # unverified
+            while (token := self._next()).kind != END_OBJECT:
+                name = token.value
+                value = self._next()
+                if name == "query" and value.kind == START_OBJECT:
+                    parsed["query"] = self._inner_query()
+                elif not search:
+                    raise self._parsing_error(token, f"request does not support [{name}]")
+                elif name in ("size", "from", "track_total_hits") and value.kind in _SCALARS:
+                    parsed[name] = value.value
+                elif name in _UNEMULATED_SEARCH_KEYS:
+                    raise _illegal_argument(f"[{name}] is not emulated by this fake Elasticsearch")
+                else:
+                    raise self._parsing_error(value, f"Unknown key for a {value.kind} in [{name}].")
+            if self._next() is not None:
+                raise self._parsing_error(self._current, "Unexpected data after the request body")  # unverified
+        except JsonSyntaxError as error:
+            self._current = None  # Jackson stopped at the error; the location is approximate
+            raise _bad_request(_xcontent_exception(error)) from None
+        return parsed
+
+    def _inner_query(self) -> _Query:
+        """Called at the START_OBJECT of a query; returns after its END_OBJECT."""
+        token = self._next()
+        if token.kind == END_OBJECT:  # located at the closing brace
+            raise _illegal_argument(f"query malformed, empty clause found at [{self._location(token)}]")
+        name = token.value
+        body = self._next()
+        if body.kind != START_OBJECT:
+            raise self._parsing_error(body, f"[{name}] query malformed, no start_object after query name")
+        if name == "bool":
+            query = self._bool()
+        elif name in _EMULATED_QUERIES:
+            query = self._leaf(name, _read_token_value(body, self._tokens_tracked()))
+        elif name in _OTHER_QUERIES:
+            raise _illegal_argument(f"query [{name}] is not emulated by this fake Elasticsearch")
+        else:
+            suggestion = _suggestion(name, _EMULATED_QUERIES + _OTHER_QUERIES)
+            error = self._parsing_error(body, f"unknown query [{name}]{suggestion}")
+            line, column = self._line_column(body.start)
+            cause = _exception("named_object_not_found_exception", f"[{line}:{column}] unknown field [{name}]")
+            error.body["error"]["caused_by"] = cause
+            raise error
+        after = self._next()
+        if after.kind != END_OBJECT:
+            reason = f"[{name}] malformed query, expected [END_OBJECT] but found [{after.kind}]"
+            raise self._parsing_error(after, reason)
+        return query
+
+    def _location(self, token: _Token) -> str:
+        return "{}:{}".format(*self._line_column(token.start))
+
+    def _tokens_tracked(self) -> Iterator[_Token]:
+        while (token := self._next()) is not None:
+            yield token
+
+    def _leaf(self, name: str, body: dict) -> _Query:
+        if name == "match_all":
+            return _MatchAll()
+        if len(body) > 1:
+            first, second = list(body)[:2]
+            raise self._parsing_error(
+                self._current, f"[{name}] query doesn't support multiple fields, found [{first}] and [{second}]"
+            )
+        if not body:
+            # The wording for a term or match query without a field was not verified.
+            raise self._parsing_error(self._current, f"[{name}] query malformed, no field")
+        ((field, value),) = body.items()
+        if name == "term":
+            value = value.get("value") if isinstance(value, dict) else value
+            return _Term(field, value)
+        if isinstance(value, dict):
+            return _Match(field, value.get("query"), str(value.get("operator", "or")).lower())
+        return _Match(field, value, "or")
+
+    def _bool(self) -> _Query:
+        clauses: dict[str, list[_Query]] = {"must": [], "filter": [], "must_not": [], "should": []}
+        while (token := self._next()).kind != END_OBJECT:
+            name = token.value
+            value = self._next()
+            if name in clauses and value.kind in (START_OBJECT, START_ARRAY):
+                try:
+                    clauses[name].extend(self._clauses(value))
+                except RequestRejected as rejection:
+                    # BoolQueryBuilder parses with an ObjectParser, which wraps what its field
+                    # parsers throw, located at the field's value (the location was not verified).
+                    cause = {key: item for key, item in rejection.body["error"].items() if key != "root_cause"}
+                    reason = f"[{self._location(value)}] [bool] failed to parse field [{name}]"
+                    raise _bad_request(_exception("x_content_parse_exception", reason, caused_by=cause)) from None
+            elif name in ("boost", "_name", "minimum_should_match", "adjust_pure_negative") and value.kind in _SCALARS:
+                if name == "minimum_should_match":
+                    raise _illegal_argument("[minimum_should_match] is not emulated by this fake Elasticsearch")
+            else:
+                raise self._parsing_error(token, f"[bool] query does not support [{name}]")
+        return _Bool(**clauses)
+
+    def _clauses(self, value: _Token) -> Iterator[_Query]:
+        if value.kind == START_OBJECT:
+            yield self._inner_query()
+            return
+        while (element := self._next()).kind != END_ARRAY:
+            if element.kind != START_OBJECT:
+                raise self._parsing_error(element, "[bool] query malformed, expected an object")  # unverified
+            yield self._inner_query()
+
+
+def _resolve_indices(indices: Mapping[str, _Index], expression: str | None) -> list[_Index]:
+    """IndexNameExpressionResolver with the default options: a missing concrete name fails with
+    404, a wildcard may match nothing. Exclusions (`-name`), date math and aliases are not emulated."""
+    if expression is None or expression in ("", "_all", "*"):
+        return list(indices.values())
+    chosen: dict[str, _Index] = {}
+    for name in expression.split(","):
+        if "*" in name:
+            chosen.update((found, index) for found, index in indices.items() if _name_matches(name, found))
+        elif name in indices:
+            chosen[name] = indices[name]
+        else:
+            raise _index_not_found(name)
+    return list(chosen.values())
+
+
+def _search_shards(searched: int) -> dict:
+    return {"total": searched, "successful": searched, "skipped": 0, "failed": 0}
+
+
+def _non_negative(name: str, value: object) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise _illegal_argument(f"[{name}] must be a number, found [{value}]") from None  # unverified wording
+    if number < 0 and name == "from":
+        raise _illegal_argument(f"[from] parameter cannot be negative but was [{number}]")
+    if number < 0:
+        raise _illegal_argument(f"[{name}] parameter cannot be negative, found [{number}]")
+    return number
+
+
+def _total_hits(track: object, matched: int, as_int: bool) -> object:
+    """track_total_hits: true counts all, false none, N (default 10000) counts up to N."""
+    if track in (True, "true"):
+        threshold = None
+    elif track in (False, "false"):
+        return None
+    else:
+        threshold = _TRACK_TOTAL_HITS_DEFAULT if track is None else _non_negative("track_total_hits", track)
+    if as_int:
+        return matched
+    if threshold is not None and matched > threshold:
+        return {"value": threshold, "relation": "gte"}
+    return {"value": matched, "relation": "eq"}
 
 
 # filter_path ---------------------------------------------------------------------------------
@@ -1632,11 +2103,28 @@ class _Server(http.server.ThreadingHTTPServer):
     block_on_close = False
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], receiver: ElasticsearchReceiver) -> None:
+    def __init__(
+        self, address: tuple[str, int], receiver: ElasticsearchReceiver, context: ssl.SSLContext | None = None
+    ) -> None:
         self.receiver = receiver
+        self._context = context
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, object]:
+        connection, address = super().get_request()
+        if self._context is None:
+            return connection, address
+        # The handshake happens on the first read, in the request's thread, not in the accept loop,
+        # so a client that fails it costs only its own connection.
+        return self._context.wrap_socket(connection, server_side=True, do_handshake_on_connect=False), address
+
+    def handle_error(self, request: socket.socket, client_address: object) -> None:
+        # Failed TLS handshakes (ssl.SSLError) and clients hanging up are OSErrors: a real node
+        # logs them at debug level and carries on.
+        if not isinstance(sys.exc_info()[1], OSError):
+            super().handle_error(request, client_address)
 
     def process_request(self, request: socket.socket, client_address: object) -> None:
         with self._connections_lock:
@@ -1654,8 +2142,7 @@ class _Server(http.server.ThreadingHTTPServer):
         with self._connections_lock:
             connections = list(self._connections)
         for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
+            cut(connection)  # already closed by the client is fine
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -1713,10 +2200,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._reply(200, b"" if self.command == "HEAD" else receiver._info())
             return
         segments = target.path.strip("/").split("/")  # routed before the index name is decoded
-        if segments[-1] == "_bulk" and len(segments) <= 2:
-            if self._allowed(("POST", "PUT")) and self._content_type_accepted(body):
+        endpoint = segments[-1]
+        if endpoint in _ENDPOINTS and len(segments) <= 2:
+            methods = ("POST", "PUT") if endpoint == "_bulk" else ("GET", "POST")
+            if self._allowed(methods) and self._content_type_accepted(body):
                 index = unquote(segments[0]) if len(segments) == 2 else None
-                self._serve_bulk(index, query, body, rest_major)
+                if endpoint == "_bulk":
+                    execute = functools.partial(receiver._bulk, body, index, query, rest_major)
+                elif endpoint == "_count":
+                    execute = lambda _: receiver._count_api(index, query, body)  # noqa: E731
+                else:
+                    execute = lambda _: receiver._search_api(index, query, body)  # noqa: E731
+                self._serve_api(endpoint, body, query, execute)
             return
         self._string_error(400, f"no handler found for uri [{self.path}] and method [{self.command}]")
 
@@ -1836,34 +2331,50 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Netty answers before ES sees the request: no product header, empty body, connection closed."""
         self._reply(413, b"", product=False, close=True)
 
-    def _serve_bulk(self, index: str | None, query: dict[str, list[str]], body: bytes, rest_major: int) -> None:
+    def _serve_api(
+        self,
+        endpoint: str,
+        body: bytes,
+        query: dict[str, list[str]],
+        execute: Callable[[FailItems | None], dict],
+    ) -> None:
+        """Faults, the handler, filter_path: the same for `_bulk`, `_count` and `_search`.
+
+        Only `_bulk` requests are recorded as exchanges and counted in `stats`."""
         receiver = self.server.receiver
-        fault = receiver._take_fault()
+        fault = receiver._take_fault(endpoint)
         encoding = self.headers.get("Content-Encoding")
+
+        def record(status: int | None, statuses: tuple[int, ...] = ()) -> None:
+            if endpoint == "_bulk":
+                receiver._record(BulkExchange(status, statuses, fault, len(body), encoding))
+
         if isinstance(fault, Delay):
             receiver._pause(fault.seconds)
         if isinstance(fault, RejectRequest):
-            receiver._record(BulkExchange(fault.status, (), fault, len(body), encoding))
-            self._reply(fault.status, _request_fault_body(fault, len(body)))
+            record(fault.status)
+            self._reply(fault.status, _request_fault_body(fault, len(body), endpoint))
             return
         if isinstance(fault, DropConnection) and not fault.after_processing:
-            receiver._record(BulkExchange(None, (), fault, len(body), encoding))
+            record(None)
             self.close_connection = True
             return
         try:
-            response = receiver._bulk(body, index, query, rest_major, fault if isinstance(fault, FailItems) else None)
+            response = execute(fault if isinstance(fault, FailItems) else None)
         except RequestRejected as rejection:
-            receiver._record(BulkExchange(rejection.status, (), fault, len(body), encoding))
+            record(rejection.status)
             self._reply(rejection.status, rejection.body)
             return
         statuses = (
-            () if receiver.count_only else tuple(next(iter(item.values()))["status"] for item in response["items"])
+            tuple(next(iter(item.values()))["status"] for item in response["items"])
+            if endpoint == "_bulk" and not receiver.count_only
+            else ()
         )
         if isinstance(fault, DropConnection):
-            receiver._record(BulkExchange(None, statuses, fault, len(body), encoding))
+            record(None, statuses)
             self.close_connection = True
             return
-        receiver._record(BulkExchange(200, statuses, fault, len(body), encoding))
+        record(200, statuses)
         filter_path = query.get("filter_path")
         self._reply(200, _filter_response(response, ",".join(filter_path)) if filter_path else response)
 
@@ -1914,8 +2425,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 class ElasticsearchReceiver:
     """A strict fake Elasticsearch node on 127.0.0.1; see the module docstring.
 
-    Faults queued with `inject` are consumed one per `_bulk` request, in order. Stored documents
-    are read back with `documents`/`ids`/`count`; `exchanges` and `stats` describe the traffic.
+    Faults queued with `inject` are consumed one per request to their endpoint, in order. Stored
+    documents are read back with `documents`/`ids`/`count`; `exchanges` and `stats` describe the
+    `_bulk` traffic.
     """
 
     def __init__(
@@ -1927,8 +2439,20 @@ class ElasticsearchReceiver:
         auth: Credential | None = None,
         max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH,
         count_only: bool = False,
+        total_fields_limit: int = 1000,
+        tls: bool = False,
+        require_client_cert: bool = False,
     ) -> None:
-        """`count_only` keeps ids and counts but no sources and no mapping, for benchmarks."""
+        """`count_only` keeps ids and counts but no sources and no mapping, for benchmarks.
+
+        `total_fields_limit` is every index's `index.mapping.total_fields.limit` (not applied in
+        count-only mode, which keeps no mapping).
+
+        `tls` serves HTTPS with a certificate from a throwaway CA (`ca_file`); with
+        `require_client_cert` (which implies `tls`) the handshake also requires a client
+        certificate from that CA, as `xpack.security.http.ssl.client_authentication: required`
+        does (`client_cert_file`, `client_key_file`). The PEM files live until `stop()`.
+        """
         self.version = version
         self.major = int(version.split(".")[0])
         if self.major not in _BUILDS:
@@ -1936,11 +2460,14 @@ class ElasticsearchReceiver:
         self.auth = auth
         self.max_content_length = max_content_length
         self.count_only = count_only
+        self.tls = tls or require_client_cert
+        self.require_client_cert = require_client_cert
+        self._tls_files: TLSFiles | None = None
         self.cluster_uuid = _random_id(16)
         self._address = (host, port)
         self._lock = threading.Lock()
-        self._cluster = _Cluster(count_only)
-        self._faults: list[Fault] = []
+        self._cluster = _Cluster(count_only, total_fields_limit)
+        self._faults: dict[str, list[Fault]] = {endpoint: [] for endpoint in _ENDPOINTS}
         self._exchanges: list[BulkExchange] = []
         self._counters = {"connections": 0, "requests": 0, "bulk_requests": 0, "bulk_items": 0, "item_failures": 0}
         self._stopping = threading.Event()
@@ -1958,7 +2485,15 @@ class ElasticsearchReceiver:
 
     def start(self) -> None:
         self._stopping.clear()
-        self._server = _Server(self._address, self)
+        context = None
+        if self.tls:
+            self._tls_files = TLSFiles("fake-elasticsearch-", client_cert=self.require_client_cert)
+            context = self._tls_files.server_context(require_client_cert=self.require_client_cert)
+        try:
+            self._server = _Server(self._address, self, context)
+        except BaseException:
+            self._drop_tls_files()
+            raise
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.05},  # how long stop() waits for the accept loop
@@ -1976,23 +2511,69 @@ class ElasticsearchReceiver:
         self._server.server_close()
         self._thread.join()
         self._server = None
+        self._drop_tls_files()
+
+    def _drop_tls_files(self) -> None:
+        if self._tls_files is not None:
+            self._tls_files.cleanup()
+            self._tls_files = None
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+    def _tls_path(self, name: str) -> str:
+        path = getattr(self._tls_files, name, None) if self._tls_files is not None else None
+        if path is None:
+            wanted = "require_client_cert=True" if name.startswith("client") else "tls=True"
+            raise RuntimeError(f"{name} exists only on a started receiver with {wanted}")
+        return str(path)
+
+    @property
+    def ca_file(self) -> str:
+        """PEM file of the CA that issued the node's certificate (and the client's)."""
+        return self._tls_path("ca_file")
+
+    @property
+    def client_cert_file(self) -> str:
+        return self._tls_path("client_cert_file")
+
+    @property
+    def client_key_file(self) -> str:
+        return self._tls_path("client_key_file")
 
     # Faults
 
-    def inject(self, *faults: Fault) -> None:
-        """Queue faults; each applies to one of the next `_bulk` requests, in order."""
+    def inject(self, *faults: Fault, on: str = "_bulk") -> None:
+        """Queue faults; each applies to one of the next requests to `on` (`_bulk`, `_count` or
+        `_search`), in order. FailItems only makes sense for `_bulk`."""
+        if on not in _ENDPOINTS:
+            raise ValueError(f"faults apply to {', '.join(_ENDPOINTS)}, not {on}")
+        if on != "_bulk" and any(isinstance(fault, FailItems) for fault in faults):
+            raise ValueError("FailItems applies to the items of a _bulk request only")
         with self._lock:
-            self._faults.extend(faults)
+            self._faults[on].extend(faults)
+
+    def clear_faults(self, on: str | None = None) -> list[Fault]:
+        """Drop the faults not yet consumed, for `on` (`_bulk`, `_count` or `_search`) or, with
+        None, for every endpoint; returns what was dropped. Queue a long run of faults, then clear
+        them to have the node recover: `inject(*[RejectRequest(429)] * 10_000)` ... `clear_faults()`.
+        """
+        if on is not None and on not in _ENDPOINTS:
+            raise ValueError(f"faults apply to {', '.join(_ENDPOINTS)}, not {on}")
+        with self._lock:
+            dropped: list[Fault] = []
+            for endpoint in _ENDPOINTS if on is None else (on,):
+                dropped.extend(self._faults[endpoint])
+                self._faults[endpoint].clear()
+            return dropped
 
     @property
     def pending_faults(self) -> list[Fault]:
+        """Faults not yet consumed, all endpoints."""
         with self._lock:
-            return list(self._faults)
+            return [fault for queue in self._faults.values() for fault in queue]
 
     # What was received
 
@@ -2062,9 +2643,10 @@ class ElasticsearchReceiver:
         with self._lock:
             self._counters["requests"] += 1
 
-    def _take_fault(self) -> Fault | None:
+    def _take_fault(self, endpoint: str) -> Fault | None:
         with self._lock:
-            return self._faults.pop(0) if self._faults else None
+            queue = self._faults[endpoint]
+            return queue.pop(0) if queue else None
 
     def _pause(self, seconds: float) -> None:
         self._stopping.wait(seconds)
@@ -2129,12 +2711,7 @@ class ElasticsearchReceiver:
             raise _bad_request(_exception("parse_exception", "request body is required"))
         items = parse_bulk_body(body, default_index=index, major=self.major, rest_major=rest_major)
         # Parameters are checked once the handler has read the body (BaseRestHandler).
-        unknown = [name for name in query if name not in _BULK_PARAMETERS]
-        if unknown:
-            names = ", ".join(f"[{name}]" for name in unknown)
-            plural = "s" if len(unknown) > 1 else ""
-            path = "/_bulk" if index is None else f"/{index}/_bulk"
-            raise _illegal_argument(f"request [{path}] contains unrecognized parameter{plural}: {names}")
+        _check_parameters(query, _BULK_PARAMETERS, "/_bulk" if index is None else f"/{index}/_bulk")
         refresh = query.get("refresh", ["false"])[-1]
         if refresh not in ("", "true", "false", "wait_for"):
             raise _illegal_argument(f"Unknown value for refresh: [{refresh}].")
@@ -2148,6 +2725,58 @@ class ElasticsearchReceiver:
             self._counters["bulk_items"] += len(answers)
             self._counters["item_failures"] += failed
         return {"errors": failed > 0, "took": int((time.monotonic() - started) * 1000), "items": answers}
+
+    def _count_api(self, index: str | None, query: dict[str, list[str]], body: bytes) -> dict:
+        """RestCountAction, then a count over the resolved indices."""
+        parsed = _QueryParser(body).parse(search=False)
+        _check_parameters(query, _COUNT_PARAMETERS, "/_count" if index is None else f"/{index}/_count")
+        matcher = parsed["query"]
+        with self._lock:
+            targets = _resolve_indices(self._cluster.indices, index)
+            if matcher.match_all:
+                count = sum(len(target.documents) for target in targets)
+            elif self.count_only:
+                raise _illegal_argument("a count-only receiver keeps no sources: only match_all can be counted")
+            else:
+                count = sum(1 for _ in self._matches(targets, matcher))
+        return {"count": count, "_shards": _search_shards(len(targets))}
+
+    def _search_api(self, index: str | None, query: dict[str, list[str]], body: bytes) -> dict:
+        """RestSearchAction, then one query phase and fetch phase over the resolved indices."""
+        started = time.monotonic()
+        if self.count_only:
+            raise _illegal_argument("a count-only receiver keeps no sources and cannot answer _search; use _count")
+        parsed = _QueryParser(body).parse(search=True)
+        _check_parameters(query, _SEARCH_PARAMETERS, "/_search" if index is None else f"/{index}/_search")
+        # URL parameters override the body, as in RestSearchAction.parseSearchRequest.
+        size = _non_negative("size", query.get("size", [parsed.get("size", 10)])[-1])
+        start = _non_negative("from", query.get("from", [parsed.get("from", 0)])[-1])
+        as_int = query.get("rest_total_hits_as_int", ["false"])[-1] in ("", "true")
+        track = query.get("track_total_hits", [parsed.get("track_total_hits")])[-1]
+        with self._lock:
+            targets = _resolve_indices(self._cluster.indices, index)
+            matches = sorted(self._matches(targets, parsed["query"]), key=lambda match: -match[0])  # stable
+            hits = [
+                {"_index": name, "_id": doc_id, "_score": score, "_source": copy.deepcopy(source)}
+                for score, name, doc_id, source in matches[start : start + size]
+            ]
+        found: dict = {}
+        total = _total_hits(True if as_int else track, len(matches), as_int)
+        if total is not None:
+            found["total"] = total
+        found["max_score"] = matches[0][0] if matches and size else None
+        found["hits"] = hits
+        took = int((time.monotonic() - started) * 1000)
+        return {"took": took, "timed_out": False, "_shards": _search_shards(len(targets)), "hits": found}
+
+    @staticmethod
+    def _matches(targets: list[_Index], matcher: _Query) -> Iterator[tuple[float, str, str, dict]]:
+        """(score, index, id, source) of the matching documents, in index then write order."""
+        for target in targets:
+            for doc_id, stored in target.documents.items():
+                score = matcher.score(_Doc(_flat_values(stored.source, "", {}), target.mapping))
+                if score is not None:
+                    yield score, target.name, doc_id, stored.source
 
 
 # The program ---------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,7 +32,7 @@ from shipper.metrics import Metrics  # noqa: E402
 from shipper.parse.records import JsonOptions  # noqa: E402
 from shipper.pipeline import Input, Pipeline  # noqa: E402
 from shipper.sinks.loki import LokiSink  # noqa: E402
-from shipper.sinks.loki_options import PROMTAIL_BATCH, UNLIMITED_RECORDS, LokiOptions  # noqa: E402
+from shipper.sinks.loki_options import PROMTAIL_BATCH, LokiOptions  # noqa: E402
 from shipper.sinks.options import DeliveryOptions  # noqa: E402
 
 
@@ -54,7 +53,7 @@ def serve_receiver() -> int:
 
 def run_once(directory: str, url: str, encoding: str) -> tuple[int, float, float, float]:
     options = LokiOptions(
-        delivery=DeliveryOptions(endpoints=(url,), batch=replace(PROMTAIL_BATCH, max_records=UNLIMITED_RECORDS),
+        delivery=DeliveryOptions(endpoints=(url,), batch=PROMTAIL_BATCH,
                                  dead_letter_path=os.path.join(directory, "dead-letter.ndjson")),
         encoding=encoding,
     )

@@ -210,6 +210,18 @@ def test_entries_are_time_ordered_within_a_stream_in_each_push(tmp_path):
     assert dead_letters(tmp_path) == []
 
 
+def test_pushes_keep_to_max_records(tmp_path):
+    a, b = pod_log(tmp_path, pod="a-7d9f8b6c5-x2x4z"), pod_log(tmp_path, pod="b-7d9f8b6c5-x2x4z")
+    write(a, numbered(10))
+    write(b, numbered(10, 10))
+    with LokiReceiver(clock_ns=fixed_clock) as loki:
+        pipeline, _ = make(tmp_path, loki.url, one_shot=True, batch={"max_records": 7, "flush_secs": 30})
+        asyncio.run(pipeline.run())
+        assert sorted(lines(loki), key=lambda line: int(line.split()[1])) == [f"line {i}" for i in range(20)]
+        assert loki.stats.entries_received == 20  # in pushes of 7, 7 and 6
+        assert loki.stats.push_requests == 3
+
+
 @pytest.mark.slow
 def test_a_429_storm_pauses_reading_and_loses_nothing(tmp_path):
     log = pod_log(tmp_path)

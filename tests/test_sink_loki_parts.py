@@ -11,7 +11,7 @@ from shipper.config import ConfigError, parse_config
 from shipper.sinks.loki_encoding import group_streams, json_body, protobuf_body, to_epoch_ns
 from shipper.sinks.loki_labels import StreamLabeler, StreamLabels, promtail_labels
 from shipper.sinks.loki_options import LokiOptions, unbounded_source
-from shipper.sinks.options import DeliveryOptions
+from shipper.sinks.options import BatchOptions, DeliveryOptions
 from tests.receivers import loki_push_pb2
 from tests.receivers.loki import format_labels, parse_labels
 
@@ -122,7 +122,9 @@ def loki_sink(extra: str) -> str:
 def test_defaults_are_promtails():
     options = parse_config(loki_sink(""), "c.yaml").sinks["l"].options
     assert (options.encoding, options.line_format, options.tenant) == ("protobuf", "message", "")
-    assert (options.delivery.batch.max_bytes, options.delivery.batch.flush_secs) == (1 << 20, 1.0)
+    assert options.delivery.batch == BatchOptions(max_records=10000, max_bytes=1 << 20, flush_secs=1.0)
+    partly = parse_config(loki_sink(", batch: {flush_secs: 5}"), "c.yaml").sinks["l"].options.delivery.batch
+    assert partly == BatchOptions(max_records=10000, max_bytes=1 << 20, flush_secs=5.0)
     assert options.delivery.tls.verify
 
 
@@ -141,7 +143,6 @@ def test_defaults_are_promtails():
     (", labels: {a: x1, b: x2, c: x3, d: x4, e: x5, f: x6}", "sinks.l.labels: streams would have up to 16 labels"),
     (", encoding: avro", "sinks.l.encoding: must be one of protobuf, json, got 'avro'"),
     (", compression: gzip", "sinks.l.compression: protobuf pushes are always snappy-compressed"),
-    (", batch: {max_records: 10}", "sinks.l.batch.max_records: Loki pushes are cut by max_bytes and flush_secs"),
     (", auth: {api_key: k}", "sinks.l.auth.api_key: is Elasticsearch's"),
     (", tenent: a", "sinks.l.tenent: unknown key (did you mean 'tenant'?)"),
 ])

@@ -128,9 +128,15 @@ class LokiSink:
             append((ts_ns, line, metadata, chunk))
         # The chunk's bytes as read stand for its entries' share of a push: within the framing
         # of a runtime line, and no per-line count.
-        total = len(records)
-        self._batcher.add(list(groups.values()),
-                          [ack_range.size * len(entries) // total + 1 for _, entries in groups.values()])
+        batcher, total = self._batcher, len(records)
+        for labels, entries in groups.values():
+            start, end = 0, len(entries)
+            while start < end:
+                # Cut at the open batch's room so every push keeps to batch.max_records.
+                stop = min(end, start + batcher.room())
+                part = entries if stop - start == end else entries[start:stop]
+                batcher.add((labels, part), ack_range.size * (stop - start) // total + 1, stop - start)
+                start = stop
 
     def _count_bytes(self, change: int) -> None:
         self._in_flight += change

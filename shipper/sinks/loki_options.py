@@ -18,8 +18,7 @@ LINE_FORMATS = ("message", "json")
 PUSH_PATH = "/loki/api/v1/push"
 # Promtail's batch: 1 MiB or 1 s. Loki rate-limits per push (a push beyond the tenant's burst,
 # 6 MB by default, is refused with 429 for ever), so pushes stay far smaller than bulk requests.
-PROMTAIL_BATCH = BatchOptions(max_bytes=1 << 20, flush_secs=1.0)
-UNLIMITED_RECORDS = 1 << 62
+PROMTAIL_BATCH = BatchOptions(max_records=10000, max_bytes=1 << 20, flush_secs=1.0)
 
 # The labels Promtail's stock Kubernetes scrape config (Helm chart) and its cri stage and file
 # target give every stream; extra labels may not reuse these names.
@@ -47,7 +46,7 @@ _UNBOUNDED_NAME = re.compile(
 
 @dataclass(frozen=True)
 class LokiOptions:
-    delivery: DeliveryOptions  # batch.max_records is UNLIMITED_RECORDS: pushes are cut by bytes and age
+    delivery: DeliveryOptions
     tenant: str = ""  # X-Scope-OrgID; empty sends no header (a single-tenant Loki)
     encoding: str = "protobuf"  # protobuf + snappy (Promtail's), or json
     line_format: str = "message"  # the original message, or the whole record as JSON
@@ -68,13 +67,11 @@ def read_loki_options(reader: ConfigReader, spec: dict, path: str, default_dead_
         "type", "tenant", "encoding", "line_format", "labels", "static_labels", "structured_metadata",
         "force_labels", "max_label_values", *DELIVERY_KEYS,
     ))
-    if isinstance(spec.get("batch"), dict) and "max_records" in spec["batch"]:
-        raise reader.fail(f"{path}.batch.max_records", "Loki pushes are cut by max_bytes and flush_secs "
-                                                       "(Promtail's batchsize and batchwait)")
     delivery = read_delivery(reader, spec, path, default_dead_letter_path)
-    batch = delivery.batch if "batch" in spec else PROMTAIL_BATCH
-    # The sink batches a chunk's entries per stream, not records: only bytes and age count.
-    delivery = replace(delivery, batch=replace(batch, max_records=UNLIMITED_RECORDS))
+    given = spec.get("batch", {})
+    delivery = replace(delivery, batch=BatchOptions(**{
+        key: getattr(delivery.batch if key in given else PROMTAIL_BATCH, key) for key in BatchOptions.__dataclass_fields__
+    }))
     if delivery.auth.api_key:
         raise reader.fail(f"{path}.auth.api_key", "is Elasticsearch's; Loki takes user/password or bearer_token")
     options = {"delivery": delivery}

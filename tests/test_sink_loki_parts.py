@@ -46,6 +46,11 @@ def test_a_file_without_kubernetes_fields_keeps_only_what_it_has():
                                                                                     "stream": "stdout"}
 
 
+def test_a_file_name_that_is_not_utf8_gives_a_label_loki_can_take():
+    path = b"/var/log/x\xff.log".decode("utf-8", "surrogateescape")  # as os.listdir gives it
+    assert StreamLabels({"filename": path}).text == '{filename="/var/log/x\ufffd.log"}'
+
+
 label_names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,8}", fullmatch=True)
 
 

@@ -34,6 +34,7 @@ from shipper.sinks.loki_rejections import find_rejections
 
 log = logging.getLogger("shipper.sinks.loki")
 
+_NO_STREAM = object()  # before a chunk's first record: equal to no stream name
 _MESSAGE_MAX = 300  # characters of Loki's answer kept in a log line
 # Nanoseconds per unit of an n-digit fraction; longer fractions than 9 digits go the slow way.
 _FRACTION_SCALE = [10 ** (9 - digits) for digits in range(10)]
@@ -91,7 +92,7 @@ class LokiSink:
         streams = labeler.for_file(source)
         # Entries name their chunk by number, not by its PendingAck: a tuple of numbers and
         # strings only is left alone by the garbage collector, which otherwise walks every
-        # entry held in flight on each full collection (measured: 0.9 us per line).
+        # entry held in flight on each full collection (measured: 0.4 us per line less).
         self._chunks += 1
         chunk = self._chunks
         self._pending[chunk] = PendingAck(ack_range, len(records))
@@ -100,7 +101,7 @@ class LokiSink:
         second_ns, scale, dumps = utc_second_ns, _FRACTION_SCALE, orjson.dumps
         groups: dict = {}  # stream name (or StreamLabels with record labels) -> (labels, entries)
         metadata = ()
-        last_key = append = None
+        last_key, append = _NO_STREAM, None
         for record in records:
             line = dumps(record).decode() if as_json else record.get("log")
             if line is None:  # the message was parsed and not kept (json.keep_raw: false)
@@ -119,7 +120,7 @@ class LokiSink:
                 key = labels
             else:
                 key = record["stream"]
-            if key != last_key or append is None:
+            if key != last_key:
                 group = groups.get(key)
                 if group is None:
                     labels = key if per_record else labeler.stream(streams, key)

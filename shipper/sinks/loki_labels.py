@@ -59,7 +59,10 @@ class StreamLabels:
     __slots__ = ("text", "pairs")
 
     def __init__(self, pairs: dict[str, str]) -> None:
-        self.pairs = {name: pairs[name] for name in sorted(pairs) if pairs[name]}  # Loki drops empty values
+        # Loki drops empty values. A file name that is not UTF-8 (kept by Python as surrogate
+        # escapes) would fail every protobuf push: such bytes become U+FFFD.
+        self.pairs = {name: pairs[name].encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+                      for name in sorted(pairs) if pairs[name]}
         self.text = "{" + ", ".join(f"{name}={go_quote(value)}" for name, value in self.pairs.items()) + "}"
 
 

@@ -5,7 +5,9 @@ import asyncio
 import glob
 import logging
 import os
+import threading
 from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
@@ -359,3 +361,41 @@ def test_reading_waits_for_loki_and_the_checkpoint_follows_its_answers(tmp_path)
 
         asyncio.run(scenario())
         assert loki.entries() == []
+
+
+class _HeaderRecorder(BaseHTTPRequestHandler):
+    """Answers every push 204 and keeps its headers: what the sink sends, nothing else."""
+
+    seen: list = []
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        _HeaderRecorder.seen.append(dict(self.headers))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("auth, authorization", [
+    ({"user": "promtail", "password": "s3cret"}, "Basic cHJvbXRhaWw6czNjcmV0"),
+    ({"bearer_token": "t0ken"}, "Bearer t0ken"),
+])
+def test_credentials_tenant_and_content_type_are_sent(tmp_path, auth, authorization):
+    log = pod_log(tmp_path)
+    write(log, numbered(1))
+    _HeaderRecorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeaderRecorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pipeline, _ = make(tmp_path, f"http://127.0.0.1:{server.server_address[1]}", one_shot=True, auth=auth,
+                           tenant="team-a")
+        asyncio.run(pipeline.run())
+    finally:
+        server.shutdown()
+        server.server_close()
+    (headers,) = _HeaderRecorder.seen
+    assert headers["Authorization"] == authorization
+    assert headers["X-Scope-OrgID"] == "team-a"
+    assert headers["Content-Type"] == "application/x-protobuf" and "Content-Encoding" not in headers

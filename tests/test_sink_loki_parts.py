@@ -107,7 +107,8 @@ def test_groups_of_one_stream_merge_in_time_order_keeping_read_order_for_equal_t
 
 
 def test_push_bodies_carry_streams_entries_and_structured_metadata():
-    streams = [(Labels('{app="x"}'), [(1795168800_123456789, "one", (), 1), (1795168801_000000000, "", (("k", "v"),), 1)])]
+    entries = [(1795168800_123456789, "one", (), 1), (1795168801_000000000, "", (("k", "v"),), 1)]
+    streams = [(Labels('{app="x"}'), entries)]
     compressed, raw = protobuf_body(streams)
     assert bytes(cramjam.snappy.decompress_raw(compressed)) == raw
     request = loki_push_pb2.PushRequest.FromString(raw)
@@ -134,9 +135,10 @@ def test_defaults_are_promtails():
 
 
 @pytest.mark.parametrize("extra, message", [
-    (", labels: {trace: trace_id}", "sinks.l.labels.trace: 'trace_id' is unbounded (each value makes a new stream); "
-                                    "ship it under structured_metadata, or list it in force_labels if its values are few"),
-    (", labels: {hash: kubernetes.labels.pod-template-hash}", "sinks.l.labels.hash: 'kubernetes.labels.pod-template-hash' is unbounded"),
+    (", labels: {trace: trace_id}", "sinks.l.labels.trace: 'trace_id' is unbounded (each value makes a new "
+     "stream); ship it under structured_metadata, or list it in force_labels if its values are few"),
+    (", labels: {hash: kubernetes.labels.pod-template-hash}",
+     "sinks.l.labels.hash: 'kubernetes.labels.pod-template-hash' is unbounded"),
     (", labels: {request_id: level}", "sinks.l.labels.request_id: 'level' is unbounded"),
     (", labels: {pod: kubernetes.labels.x}", "sinks.l.labels.pod: is one of the Promtail labels"),
     (", labels: {a.b: level}", "sinks.l.labels.a.b: is not a Loki label name"),

@@ -71,10 +71,11 @@ def test_label_refusals_refuse_the_whole_stream_and_no_other(tmp_path, reason):
     limits, options = {
         "too_many_labels": (LokiLimits(max_label_names_per_series=5), {}),
         "label_value_too_long": (LokiLimits(max_label_value_length_bytes=len(kept_log)), {}),
-        "label_name_too_long": (LokiLimits(max_label_name_length_bytes=12), {"labels": {"severity_of_the_line": "level"}}),
+        "label_name_too_long": (LokiLimits(max_label_name_length_bytes=12),
+                                {"labels": {"severity_of_the_line": "level"}}),
     }[reason]
-    loki, metrics = run(tmp_path, {refused_log: [cri(T, "stdout", "F", f'{{"level":"info","n":{i}}}') for i in range(3)],
-                                   kept_log: numbered(2, 10)},
+    refused_lines = [cri(T, "stdout", "F", f'{{"level":"info","n":{i}}}') for i in range(3)]
+    loki, metrics = run(tmp_path, {refused_log: refused_lines, kept_log: numbered(2, 10)},
                         limits, paths=[str(tmp_path / "*.log"), str(short / "*.log")], **options)
     assert lines(loki) == ["line 10", "line 11"]
     assert refused(tmp_path) == [(reason, f'{{"level":"info","n":{i}}}') for i in range(3)]

@@ -34,7 +34,7 @@ from shipper.sinks.loki_rejections import find_rejections
 
 log = logging.getLogger("shipper.sinks.loki")
 
-_NO_STREAM = object()  # before a chunk's first record: equal to no stream name
+_NO_STREAM = object()  # the stream key before a chunk's first record: unequal to every key
 _MESSAGE_MAX = 300  # characters of Loki's answer kept in a log line
 # Nanoseconds per unit of an n-digit fraction; longer fractions than 9 digits go the slow way.
 _FRACTION_SCALE = [10 ** (9 - digits) for digits in range(10)]
@@ -70,7 +70,7 @@ class LokiSink:
         auth = delivery.auth
         self._client = httpx.AsyncClient(
             timeout=delivery.request_timeout_secs,
-            verify=_tls_context(delivery.tls) if any(url.startswith("https:") for url in self._push_urls) else True,
+            verify=_tls_context(delivery.tls),
             auth=httpx.BasicAuth(auth.user, auth.password) if auth.user else None,
             limits=httpx.Limits(max_connections=delivery.max_in_flight_requests),
         )
@@ -224,8 +224,8 @@ class LokiSink:
     def _partly_refused(self, streams: list[tuple], text: str) -> None:
         """A 400: Loki wrote the valid entries; dead-letter the ones its answer refuses."""
         described = [
-            (labels.text, [(ts_ns, len(line.encode()), sum(len(n) + len(v) for n, v in metadata), len(metadata))
-                           for ts_ns, line, metadata, _ in entries])
+            (labels.text, [(ts_ns, len(line.encode()), sum(len(n.encode()) + len(v.encode()) for n, v in metadata),
+                            len(metadata)) for ts_ns, line, metadata, _ in entries])
             for labels, entries in streams
         ]
         rejections = find_rejections(text, described)

@@ -70,7 +70,8 @@ def read_loki_options(reader: ConfigReader, spec: dict, path: str, default_dead_
     delivery = read_delivery(reader, spec, path, default_dead_letter_path)
     given = spec.get("batch", {})
     delivery = replace(delivery, batch=BatchOptions(**{
-        key: getattr(delivery.batch if key in given else PROMTAIL_BATCH, key) for key in BatchOptions.__dataclass_fields__
+        key: getattr(delivery.batch if key in given else PROMTAIL_BATCH, key)
+        for key in BatchOptions.__dataclass_fields__
     }))
     if delivery.auth.api_key:
         raise reader.fail(f"{path}.auth.api_key", "is Elasticsearch's; Loki takes user/password or bearer_token")

@@ -248,6 +248,8 @@ def test_a_429_storm_pauses_reading_and_loses_nothing(tmp_path):
         assert lines(loki) == [f"line {i}" for i in range(20000)]
         assert loki.stats.responses[429] == 30
         assert metrics.value("shipper_sink_retries_total", sink="loki", reason="http_429") == 30
+        assert metrics.value("shipper_sink_request_seconds_count", sink="loki", outcome="http_429") == 30
+        assert metrics.value("shipper_sink_request_seconds_count", sink="loki", outcome="ok") >= 1
         assert metrics.value("shipper_sink_records_total", sink="loki") == 20000
 
 
@@ -313,8 +315,27 @@ def test_a_missing_tenant_is_reported_loudly_retried_slowly_and_acks_nothing(tmp
 
         with caplog.at_level(logging.ERROR, logger="shipper.sinks.loki"):
             asyncio.run(scenario())
-        assert "Loki refused the credentials (HTTP 401: no org id)" in caplog.text
+        assert "refused the credentials (HTTP 401: no org id)" in caplog.text
         assert metrics.value("shipper_sink_retries_total", sink="loki", reason="http_401") >= 2
+    assert dead_letters(tmp_path) == []
+
+
+def test_a_url_that_is_not_lokis_push_api_holds_the_entries_and_says_so(tmp_path, caplog):
+    log = pod_log(tmp_path)
+    write(log, numbered(3))
+    with LokiReceiver(clock_ns=fixed_clock) as loki:
+        pipeline, metrics = make(tmp_path, loki.url + "/prefix", grace_secs=0.1)
+
+        async def scenario():
+            task = asyncio.create_task(pipeline.run())
+            await wait_for(lambda: metrics.value("shipper_sink_retries_total", sink="loki", reason="http_404") >= 2)
+            assert all(t.acks.checkpoint == 0 for t in pipeline.files.values())
+            pipeline.stop()
+            await task
+
+        with caplog.at_level(logging.ERROR, logger="shipper.sinks.loki"):
+            asyncio.run(scenario())
+        assert f"{loki.url}/prefix/loki/api/v1/push has no push API at this URL (HTTP 404" in caplog.text
     assert dead_letters(tmp_path) == []
 
 

@@ -148,6 +148,8 @@ def test_defaults_are_promtails():
     (", force_labels: [x]", "sinks.l.force_labels: names no label under labels: x"),
     (", static_labels: {cluster: ''}", "sinks.l.static_labels.cluster: must not be empty"),
     (", labels: {a: x1, b: x2, c: x3, d: x4, e: x5, f: x6}", "sinks.l.labels: streams would have up to 16 labels"),
+    (", tenant: 'team a'", "sinks.l.tenant: 'team a' is not a Loki tenant id"),
+    (", tenant: '..'", "sinks.l.tenant: '..' is not a Loki tenant id"),
     (", encoding: avro", "sinks.l.encoding: must be one of protobuf, json, got 'avro'"),
     (", compression: gzip", "sinks.l.compression: protobuf pushes are always snappy-compressed"),
     (", auth: {api_key: k}", "sinks.l.auth.api_key: is Elasticsearch's"),

@@ -6,8 +6,8 @@ nanosecond. A push holds several streams, each stream's entries in time order.
 
 Errors as Loki and Promtail define them (PROTOCOLS.md section 2): 429, 5xx, connection errors
 and timeouts are retried with capped backoff and jitter for as long as it takes (the log files
-are the buffer; reading pauses meanwhile); 401/403 are logged loudly and retried slowly; 413
-splits the push. A 400 means Loki wrote the valid entries and refused the rest: the refused
+are the buffer; reading pauses meanwhile); 401/403, and 404/405 (not Loki's push API), are
+logged loudly and retried slowly; 413 splits the push. A 400 means Loki wrote the valid entries and refused the rest: the refused
 ones are traced from its answer (``loki_rejections``) and go to the dead-letter file with
 Loki's reason, the others count as delivered and are not sent again. Any other 4xx will not
 change on retry: its entries are dead-lettered. A replay after a crash sends identical
@@ -70,7 +70,8 @@ class LokiSink:
         auth = delivery.auth
         self._client = httpx.AsyncClient(
             timeout=delivery.request_timeout_secs,
-            verify=_tls_context(delivery.tls),
+            # Plain http needs no TLS context (loading the CA bundle costs 20 ms).
+            verify=_tls_context(delivery.tls) if any(url.startswith("https:") for url in self._push_urls) else False,
             auth=httpx.BasicAuth(auth.user, auth.password) if auth.user else None,
             limits=httpx.Limits(max_connections=delivery.max_in_flight_requests),
         )
@@ -196,9 +197,12 @@ class LokiSink:
                                 text[:_MESSAGE_MAX], _count(streams), attempt)
                 await asyncio.sleep(backoff.next_delay())
                 continue
-            if status in (401, 403):
-                log.error("%s: Loki refused the credentials (HTTP %d: %s); %d entries wait, retrying in %.0fs",
-                          self.name, status, text[:_MESSAGE_MAX], _count(streams), retry.auth_backoff_secs)
+            if status in (401, 403, 404, 405):
+                # Credentials, or an endpoint that is not Loki's push API: nothing here was judged
+                # by Loki, and no retry heals it before the configuration changes.
+                problem = "refused the credentials" if status in (401, 403) else "has no push API at this URL"
+                log.error("%s: %s %s (HTTP %d: %s); %d entries wait, retrying in %.0fs", self.name, url, problem,
+                          status, text[:_MESSAGE_MAX], _count(streams), retry.auth_backoff_secs)
                 self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
                 await asyncio.sleep(retry.auth_backoff_secs)
                 continue

@@ -29,6 +29,7 @@ MAX_LABEL_NAMES = 15
 # Prometheus' label name grammar (Loki parses label sets with it; JSON keys are written unquoted).
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
+_TENANT_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!-_.*'()")
 # Sources whose values are per pod incarnation, per request or per line: unbounded.
 _UNBOUNDED_SOURCES = frozenset({
     "kubernetes.pod_id", "kubernetes.container_id", "kubernetes.docker_id", "kubernetes.pod_ip",
@@ -77,7 +78,12 @@ def read_loki_options(reader: ConfigReader, spec: dict, path: str, default_dead_
         raise reader.fail(f"{path}.auth.api_key", "is Elasticsearch's; Loki takes user/password or bearer_token")
     options = {"delivery": delivery}
     if "tenant" in spec:
-        options["tenant"] = reader.string(spec["tenant"], f"{path}.tenant")
+        tenant = options["tenant"] = reader.string(spec["tenant"], f"{path}.tenant")
+        # Loki refuses other tenant ids with a 400 for every push (dskit tenant validation).
+        bad = sorted(set(tenant) - _TENANT_CHARACTERS)
+        if bad or len(tenant) > 150 or tenant in (".", ".."):
+            raise reader.fail(f"{path}.tenant", f"'{tenant}' is not a Loki tenant id (at most 150 of "
+                                                "a-z A-Z 0-9 ! - _ . * ' ( ), not '.' or '..')")
     options["encoding"] = reader.string(spec.get("encoding", "protobuf"), f"{path}.encoding", ENCODINGS)
     if options["encoding"] == "protobuf" and delivery.compression != "none":
         raise reader.fail(f"{path}.compression", "protobuf pushes are always snappy-compressed; "

@@ -7,7 +7,7 @@ the shipper's RSS stays flat while it waits (the log files are the buffer, readi
 appends numbered CRI lines to 20 files at ``--rate`` lines/s for the storm and a little after.
 Prints the figures and exits 1 when a line is missing or doubled, or RSS passed the bound.
 
-    python benchmarks/es_outage.py [--storm-secs 120] [--rate 2000] [--rss-bound-mb 120]
+    python benchmarks/es_outage.py [--storm-secs 120] [--rate 2000] [--rss-bound-mb 100]
 """
 
 import argparse
@@ -63,7 +63,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--storm-secs", type=float, default=120)
     parser.add_argument("--rate", type=int, default=2000, help="lines written per second")
-    parser.add_argument("--rss-bound-mb", type=float, default=120)
+    parser.add_argument("--rss-bound-mb", type=float, default=100)
     args = parser.parse_args()
     metrics_port = 20220
     with tempfile.TemporaryDirectory() as directory, ElasticsearchReceiver(count_only=True) as es:

@@ -3,7 +3,8 @@
 One asyncio loop owns the I/O. Per-line work is plain synchronous code over whole chunks:
 a chunk is read in a worker thread (one hop per chunk, not per line), then decoded, built,
 filtered and handed to the sinks in one call. Backpressure is a byte budget: a chunk is read
-only while the bytes not yet acknowledged by every sink stay under ``max_in_flight_bytes``.
+only while the bytes not yet acknowledged by every sink, and the encoded bytes each sink
+holds, stay under ``max_in_flight_bytes``.
 """
 
 import asyncio
@@ -77,6 +78,7 @@ class Pipeline:
         self._save_sequence = itertools.count()
         self._written_sequence = -1
         self._write_lock = threading.Lock()
+        self._sinks: list[Sink] = []
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -85,7 +87,7 @@ class Pipeline:
         self._stopping.set()
 
     async def run(self) -> None:
-        sinks = self._all_sinks()
+        self._sinks = sinks = self._all_sinks()
         for sink in sinks:
             await sink.start()
         if self.persist_positions:
@@ -197,9 +199,10 @@ class Pipeline:
             for tailed in list(self.files.values()):
                 if self._stopping.is_set():
                     break
-                while self.in_flight_bytes >= config.max_in_flight_bytes and not self._stopping.is_set():
+                while self._over_budget() and not self._stopping.is_set():
                     self._budget_freed.clear()
-                    await self._wait(self._budget_freed, None)
+                    # Acks wake this; a sink letting go of bytes after its acks is seen on the poll.
+                    await self._wait(self._budget_freed, config.poll_interval_secs)
                 if self._stopping.is_set():
                     break
                 got = await asyncio.to_thread(tailed.read_lines, config.read_chunk_bytes, max_line_bytes, self.one_shot)
@@ -215,6 +218,12 @@ class Pipeline:
                 if self.one_shot:
                     return
                 await self._wait(self._stopping, config.poll_interval_secs)
+
+    def _over_budget(self) -> bool:
+        """Bytes read and not yet acknowledged, or bytes a sink holds encoded (short lines
+        grow several times over with their metadata), reached ``max_in_flight_bytes``."""
+        limit = self.config.max_in_flight_bytes
+        return self.in_flight_bytes >= limit or any(sink.buffered_bytes >= limit for sink in self._sinks)
 
     async def _wait(self, event: asyncio.Event, timeout: float | None) -> None:
         stop = asyncio.ensure_future(self._stopping.wait())

@@ -13,6 +13,8 @@ from shipper.pipeline import Input, Pipeline
 class CollectingSink:
     """Keeps every record it is given; acks at once, or only when told (``auto_ack=False``)."""
 
+    buffered_bytes = 0
+
     def __init__(self, name: str = "collect", auto_ack: bool = True) -> None:
         self.name = name
         self.auto_ack = auto_ack

@@ -9,6 +9,8 @@ import os
 import orjson
 import pytest
 
+from elasticsearch import Elasticsearch
+
 from shipper.cli import build_sinks, samples_glob
 from shipper.config import load_config, parse_config
 from shipper.metrics import Metrics
@@ -47,6 +49,7 @@ def make(tmp_path, url: str, read: str = "", buffer: str = "", paths: list[str] 
         f"read: {{poll_interval_secs: 0.01{read}}}\n"
         f"buffer: {{{buffer}}}\n"
         "metrics: {listen: null}\n"
+        "shutdown: {grace_secs: 1}\n"
         "node_name: node-1\n"
         f"inputs: {{app: {{paths: {orjson.dumps(paths).decode()}, sinks: [es]}}}}\n"
         f"sinks: {{es: {sink_yaml(url, **options)}}}\n"
@@ -97,7 +100,10 @@ def test_the_sample_logs_land_with_a_count_equal_to_the_records(tmp_path, versio
         inputs = [Input.from_config(inp, [sinks[name] for name in inp.sinks]) for inp in config.inputs]
         asyncio.run(Pipeline(config, inputs, metrics, one_shot=True, persist_positions=False).run())
         assert metrics.value("shipper_records_total") == 115
-        assert es.count() == 115
+        # Asked as Kibana would, with the official client (in 8.x compatibility for both majors).
+        client = Elasticsearch(es.url, basic_auth=("elastic", "changeme"),
+                               headers={"accept": "application/vnd.elasticsearch+json; compatible-with=8"})
+        assert client.count(index="logstash-*")["count"] == 115
         assert not (tmp_path / "dead-letter.ndjson").exists()
         (relay_file,) = glob.glob(samples_glob().replace("*.log", "kubearmor-relay-*.log"))
         with open(relay_file, "rb") as handle:
@@ -306,8 +312,11 @@ def test_reading_pauses_while_elasticsearch_is_down_and_resumes_without_loss(tmp
         async def scenario():
             task = asyncio.create_task(pipeline.run())
             await wait_for(lambda: metrics.value("shipper_sink_retries_total", sink="es") >= 10)
-            # While refused, no more than the budget (plus one chunk) is read and held.
-            assert metrics.value("shipper_read_bytes_total") <= budget + chunk
+            # While refused, reading stops once the sink holds the budget in encoded records
+            # (short lines grow about 8x with their metadata, so well before the raw budget).
+            held = metrics.value("shipper_sink_in_flight_bytes", sink="es")
+            assert budget <= held <= budget + 10 * chunk
+            assert metrics.value("shipper_read_bytes_total") < budget
             await wait_for(lambda: acknowledged(pipeline, log), timeout=60)
             pipeline.stop()
             await task
@@ -326,3 +335,77 @@ def test_several_requests_are_in_flight_at_once(tmp_path):
         assert messages(es) == [f"line {i}" for i in range(40)]
         # Each concurrent request needs its own keep-alive connection: three senders, three.
         assert es.stats.connections == 3
+
+
+def test_a_forbidden_bulk_is_retried_slowly_until_the_role_allows_it(tmp_path, caplog):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver() as es:
+        reason = "action [indices:data/write/bulk[s]] is unauthorized for user [shipper]"
+        es.inject(*[RejectRequest(403, "security_exception", reason)] * 2)
+        pipeline, metrics = make(tmp_path, es.url)
+        with caplog.at_level(logging.ERROR):
+            asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        assert es.count(INDEX1) == 3
+        assert metrics.value("shipper_sink_retries_total", sink="es", reason="http_403") == 2
+        assert "refused the credentials (HTTP 403: security_exception: " + reason in caplog.text
+
+
+def test_a_whole_request_refusal_that_retrying_cannot_fix_is_dead_lettered(tmp_path):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver() as es:
+        es.inject(RejectRequest(400, "illegal_argument_exception", "no write index is defined for alias [logs]"))
+        pipeline, metrics = make(tmp_path, es.url)
+        asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        letters = [orjson.loads(line) for line in (tmp_path / "dead-letter-es.ndjson").read_bytes().splitlines()]
+        assert [letter["record"]["log"] for letter in letters] == ["line 0", "line 1", "line 2"]
+        assert {letter["error"] for letter in letters} == {"no write index is defined for alias [logs]"}
+        assert metrics.value("shipper_sink_records_dead_lettered_total", sink="es",
+                             reason="illegal_argument_exception") == 3
+        assert es.count() == 0
+
+
+def test_tls_verifies_the_server_with_the_configured_ca_and_presents_a_client_certificate(tmp_path):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver(tls=True, require_client_cert=True) as es:
+        tls = {"ca_file": es.ca_file, "cert_file": es.client_cert_file, "key_file": es.client_key_file}
+        pipeline, _ = make(tmp_path, es.url, tls=tls)
+        asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        assert es.count(INDEX1) == 3
+
+
+def test_an_unverifiable_server_certificate_is_refused_and_retried(tmp_path, caplog):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver(tls=True) as es:
+        pipeline, metrics = make(tmp_path, es.url)  # verify on, the system CAs do not know this one
+
+        async def scenario():
+            task = asyncio.create_task(pipeline.run())
+            await wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in caplog.text)
+            pipeline.stop()
+            await task
+
+        with caplog.at_level(logging.WARNING):
+            asyncio.run(scenario())
+        assert es.count() == 0
+        assert not acknowledged(pipeline, log)
+
+
+def test_a_document_over_the_field_limit_is_dead_lettered_and_the_rest_indexed(tmp_path):
+    log = tmp_path / "app.log"
+    with open(log, "ab") as handle:
+        handle.write(cri(DAY1, "stdout", "F", '{"a": 1}'))
+        handle.write(cri(DAY1, "stdout", "F", orjson.dumps({f"field{i}": i for i in range(60)}).decode()))
+        handle.write(cri(DAY1, "stdout", "F", '{"a": 2}'))
+    with ElasticsearchReceiver(total_fields_limit=50) as es:
+        pipeline, metrics = make(tmp_path, es.url)
+        asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        assert sorted(doc["a"] for doc in es.documents(INDEX1)) == [1, 2]
+        (letter,) = [orjson.loads(line) for line in (tmp_path / "dead-letter-es.ndjson").read_bytes().splitlines()]
+        assert "Limit of total fields [50] has been exceeded" in letter["error"]
+        assert letter["record"]["field59"] == 59
+        histogram = metrics.value("shipper_sink_request_seconds_count", sink="es", outcome="ok")
+        assert histogram >= 1

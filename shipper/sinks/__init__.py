@@ -24,6 +24,8 @@ class Source(Protocol):
 
 class Sink(Protocol):
     name: str
+    # Encoded bytes accepted and not yet delivered; the pipeline pauses reading at its budget.
+    buffered_bytes: int
 
     async def start(self) -> None: ...
 

@@ -23,7 +23,7 @@ import time
 
 import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout, NdjsonSerializer, OrjsonSerializer
+from elastic_transport import ConnectionTimeout, NdjsonSerializer, OrjsonSerializer, TlsError
 from elasticsearch import ApiError, AsyncElasticsearch
 
 from shipper.acks import AckRange
@@ -52,7 +52,7 @@ class ElasticsearchSink:
         self._discovery_lock = asyncio.Lock()
         self._dead_letters = DeadLetterFile(delivery.dead_letter_path, name)
         self._batcher = Batcher(delivery.batch, delivery.max_in_flight_requests, self._send, self._count_bytes)
-        self._in_flight = 0
+        self.buffered_bytes = 0
         self._files: dict[str, tuple[bytes, str]] = {}  # source key -> (file id, index template)
         self._action_starts: dict[tuple[str, str], bytes] = {}  # (index template, hour) -> bytes
         self._delivered = metrics.sink_records.labels(sink=name)
@@ -115,8 +115,8 @@ class ElasticsearchSink:
         return start
 
     def _count_bytes(self, change: int) -> None:
-        self._in_flight += change
-        self._in_flight_gauge.set(self._in_flight)
+        self.buffered_bytes += change
+        self._in_flight_gauge.set(self.buffered_bytes)
 
     # ---- delivery (sender tasks) ----------------------------------------------------------
 
@@ -150,7 +150,8 @@ class ElasticsearchSink:
                 reason = "timeout" if isinstance(error, ConnectionTimeout) else "connection"
                 self._observe(started, reason)
                 self._retries.labels(sink=self.name, reason=reason).inc()
-                log.warning("%s: %s on _bulk (%s); retrying %d documents", self.name, reason, error, batch.documents)
+                log.warning("%s: %s on _bulk (%s); retrying %d documents", self.name, reason,
+                            _transport_error_text(error), batch.documents)
                 await asyncio.sleep(backoff.next_delay())
                 continue
             self._observe(started, "ok")
@@ -273,8 +274,14 @@ class ElasticsearchSink:
                           f" in {self._delivery.retry.auth_backoff_secs:.0f}s" if slow else "")
                 self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
                 raise _NotReady(self._delivery.retry.auth_backoff_secs if slow else None) from None
+            except TlsError as error:
+                # A certificate that does not verify will not start verifying by itself.
+                log.error("%s: TLS with Elasticsearch failed (%s); retrying in %.0fs", self.name,
+                          _transport_error_text(error), self._delivery.retry.auth_backoff_secs)
+                self._retries.labels(sink=self.name, reason="tls").inc()
+                raise _NotReady(self._delivery.retry.auth_backoff_secs) from None
             except (TransportConnectionError, ConnectionTimeout) as error:
-                log.warning("%s: cannot reach Elasticsearch (%s); retrying", self.name, error)
+                log.warning("%s: cannot reach Elasticsearch (%s); retrying", self.name, _transport_error_text(error))
                 self._retries.labels(sink=self.name, reason="connection").inc()
                 raise _NotReady(None) from None
             major = int(str(number).split(".")[0])
@@ -368,6 +375,11 @@ def _error_type(outcome: dict) -> str:
     if isinstance(error, dict) and error.get("type"):
         return str(error["type"])
     return f"http_{outcome.get('status')}"
+
+
+def _transport_error_text(error: Exception) -> str:
+    """The transport's own message: its str() is only the kind ("TLS error")."""
+    return str(getattr(error, "message", "") or error)
 
 
 def _error_text(error: ApiError) -> str:

@@ -9,6 +9,8 @@ from shipper.metrics import Metrics
 
 
 class FileSink:
+    buffered_bytes = 0  # writes before acking: holds nothing
+
     def __init__(self, name: str, path: str, metrics: Metrics) -> None:
         self.name = name
         self.path = path

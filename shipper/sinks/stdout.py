@@ -11,6 +11,8 @@ from shipper.metrics import Metrics
 
 
 class StdoutSink:
+    buffered_bytes = 0  # writes before acking: holds nothing
+
     def __init__(self, name: str, metrics: Metrics, stream: BinaryIO | None = None) -> None:
         self.name = name
         self._stream = stream if stream is not None else sys.stdout.buffer

@@ -98,13 +98,16 @@ class ElasticsearchSink:
     def _encode(self, records: list[dict], offsets: list[int], start: int, stop: int, file_id: bytes,
                 template: str) -> bytes:
         """Action and document lines of ``records[start:stop]``, joined."""
-        action_starts, dumps, newline = self._action_starts, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         parts = []
         append = parts.append
+        last_hour, action_start = None, b""
         for i in range(start, stop):
             record = records[i]
             hour = record["@timestamp"][:13]
-            action_start = action_starts.get((template, hour)) or self._action_start(template, hour)
+            if hour != last_hour:  # records of a chunk mostly share their hour
+                last_hour = hour
+                action_start = self._action_starts.get((template, hour)) or self._action_start(template, hour)
             append(b'%s%s-%x"}}\n' % (action_start, file_id, offsets[i]))
             append(dumps(record, option=newline))
         return b"".join(parts)
@@ -324,8 +327,7 @@ class _Piece:
 
 class _Batch:
     """One ``_bulk`` body and whose documents it holds, in order: ``owners`` is
-    ``(documents, PendingAck)`` per piece. The pieces' own bytes are let go once joined, so
-    a batch in flight costs its body once."""
+    ``(documents, PendingAck)`` per piece."""
 
     __slots__ = ("body", "owners", "documents")
 
@@ -336,9 +338,8 @@ class _Batch:
 
     @classmethod
     def of_pieces(cls, pieces: list[_Piece]) -> "_Batch":
+        # The pieces keep their bytes: a batch whose sending fails unexpectedly is sent again.
         body = pieces[0].body if len(pieces) == 1 else b"".join([piece.body for piece in pieces])
-        for piece in pieces:
-            piece.body = b""
         return cls(body, [(piece.count, piece.pending) for piece in pieces])
 
     @classmethod

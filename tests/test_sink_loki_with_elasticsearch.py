@@ -13,7 +13,7 @@ from shipper.pipeline import Input, Pipeline
 from tests.helpers import wait_for
 from tests.receivers.elasticsearch import ElasticsearchReceiver
 from tests.receivers.loki import Fault, LokiReceiver
-from tests.test_sink_loki import AT_ANY_DATE, acknowledged, fixed_clock, lines, numbered, pod_log, write
+from tests.test_sink_loki import AT_ANY_DATE, acknowledged, fixed_clock, numbered, numbered_lines, pod_log, write
 
 FAST_RETRIES = {"retry": {"initial_backoff_secs": 0.01, "max_backoff_secs": 0.05}, "batch": {"flush_secs": 0.02}}
 
@@ -76,4 +76,4 @@ def test_loki_down_holds_the_position_and_slows_elasticsearch_without_loss(tmp_p
 
         asyncio.run(scenario())
         assert es.count() == 20000
-        assert lines(loki) == [f"line {i}" for i in range(20000)]
+        assert numbered_lines(loki) == [f"line {i}" for i in range(20000)]

@@ -35,6 +35,7 @@ from shipper.sinks.loki_rejections import find_rejections
 log = logging.getLogger("shipper.sinks.loki")
 
 _NO_STREAM = object()  # the stream key before a chunk's first record: unequal to every key
+_ENTRY_OBJECT_BYTES = 120  # an entry's tuple (72) and its line's str header (49)
 _MESSAGE_MAX = 300  # characters of Loki's answer kept in a log line
 # Nanoseconds per unit of an n-digit fraction; longer fractions than 9 digits go the slow way.
 _FRACTION_SCALE = [10 ** (9 - digits) for digits in range(10)]
@@ -51,7 +52,7 @@ class LokiSink:
         self._labeler = StreamLabeler(options, self._label_capped)
         self._dead_letters = DeadLetterFile(delivery.dead_letter_path, name)
         self._batcher = Batcher(delivery.batch, delivery.max_in_flight_requests, self._send, self._count_bytes)
-        self._in_flight = 0
+        self.buffered_bytes = 0  # what the accepted, undelivered entries hold in memory (estimated)
         self._chunks = 0  # numbers the chunks accepted
         self._pending: dict[int, PendingAck] = {}  # chunk number -> its pending ack
         self._delivered = metrics.sink_records.labels(sink=name)
@@ -128,8 +129,8 @@ class LokiSink:
                     group = groups[key] = (labels, [])
                 append, last_key = group[1].append, key
             append((ts_ns, line, metadata, chunk))
-        # The chunk's bytes as read stand for its entries' share of a push: within the framing
-        # of a runtime line, and no per-line count.
+        # An entry's size: its line (the chunk's bytes as read stand for its messages' share, no
+        # per-line count; JSON lines are longer and counted) and its tuple and string headers.
         batcher, total = self._batcher, len(records)
         for labels, entries in groups.values():
             start, end = 0, len(entries)
@@ -137,12 +138,14 @@ class LokiSink:
                 # Cut at the open batch's room so every push keeps to batch.max_records.
                 stop = min(end, start + batcher.room())
                 part = entries if stop - start == end else entries[start:stop]
-                batcher.add((labels, part), ack_range.size * (stop - start) // total + 1, stop - start)
+                lines_size = (sum([len(entry[1]) for entry in part]) if as_json
+                              else ack_range.size * (stop - start) // total)
+                batcher.add((labels, part), lines_size + _ENTRY_OBJECT_BYTES * (stop - start), stop - start)
                 start = stop
 
     def _count_bytes(self, change: int) -> None:
-        self._in_flight += change
-        self._in_flight_gauge.set(self._in_flight)
+        self.buffered_bytes += change
+        self._in_flight_gauge.set(self.buffered_bytes)
 
     def _label_capped(self, label: str) -> None:
         self._capped.labels(sink=self.name, label=label).inc()

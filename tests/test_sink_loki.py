@@ -270,6 +270,7 @@ def test_server_and_connection_failures_are_retried_and_replays_are_deduplicated
         asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
         assert numbered_lines(loki) == [f"line {i}" for i in range(100)]
         assert metrics.value("shipper_sink_retries_total", sink="loki") == 3
+        assert metrics.value("shipper_sink_in_flight_bytes", sink="loki") == 0
         if fault is Fault.DROP_AFTER_WRITE:  # written each time; the resends were identical
             assert loki.stats.entries_deduplicated == 3 * 100
     assert dead_letters(tmp_path) == []
@@ -294,6 +295,7 @@ def test_a_413_splits_the_push(tmp_path):
         asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
         assert numbered_lines(loki) == [f"line {i}" for i in range(400)]
         assert loki.stats.responses[413] >= 1
+        assert metrics.value("shipper_sink_in_flight_bytes", sink="loki") == 0
         assert metrics.value("shipper_sink_retries_total", sink="loki", reason="http_413_split") >= 1
 
 

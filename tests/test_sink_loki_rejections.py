@@ -27,6 +27,7 @@ def run(tmp_path, files: dict, limits: LokiLimits = LokiLimits(), **options):
         pipeline, metrics = make(tmp_path, loki.url, one_shot=True, batch={"flush_secs": 30}, **options)
         asyncio.run(pipeline.run())
         assert loki.stats.push_requests == 1  # a 400 is not retried
+        assert metrics.value("shipper_sink_in_flight_bytes", sink="loki") == 0  # nothing held back
         return loki, metrics
 
 

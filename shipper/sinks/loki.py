@@ -129,8 +129,8 @@ class LokiSink:
                     group = groups[key] = (labels, [])
                 append, last_key = group[1].append, key
             append((ts_ns, line, metadata, chunk))
-        # An entry's size: its line (the chunk's bytes as read stand for its messages' share, no
-        # per-line count; JSON lines are longer and counted) and its tuple and string headers.
+        # A push's size is its lines' (Promtail's batch size): the chunk's bytes as read stand for
+        # its messages' share, with no per-line count; JSON lines are longer and are counted.
         batcher, total = self._batcher, len(records)
         for labels, entries in groups.values():
             start, end = 0, len(entries)
@@ -140,8 +140,10 @@ class LokiSink:
                 part = entries if stop - start == end else entries[start:stop]
                 lines_size = (sum([len(entry[1]) for entry in part]) if as_json
                               else ack_range.size * (stop - start) // total)
-                batcher.add((labels, part), lines_size + _ENTRY_OBJECT_BYTES * (stop - start), stop - start)
+                batcher.add((labels, part), lines_size, stop - start)
                 start = stop
+        # What the entries hold in memory besides their lines, until their push is answered.
+        self._count_bytes(_ENTRY_OBJECT_BYTES * total)
 
     def _count_bytes(self, change: int) -> None:
         self.buffered_bytes += change
@@ -154,11 +156,13 @@ class LokiSink:
 
     async def _send(self, groups: list[tuple]) -> None:
         """Deliver or dead-letter every entry; returns only when none is left to retry."""
+        count = sum(len(entries) for _, entries in groups)
         if await self._push(group_streams(groups)):
             # All written: each group is one chunk's entries of one stream.
-            self._delivered.inc(sum(len(entries) for _, entries in groups))
+            self._delivered.inc(count)
             for _, entries in groups:
                 self._done(entries[0][3], len(entries))
+        self._count_bytes(-_ENTRY_OBJECT_BYTES * count)
         self._streams_gauge.set(self._labeler.stream_count)
 
     async def _push(self, streams: list[tuple]) -> bool:

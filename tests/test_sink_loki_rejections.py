@@ -159,6 +159,15 @@ def test_messages_split_only_at_loki_message_starts():
     ]
 
 
+def test_an_unparseable_label_set_refuses_the_whole_push():
+    """Loki parses every stream's labels first; one bad set fails the request, nothing written."""
+    streams = [('{a="1"}', [(1, 10, 0, 0)]), ('{b="2"}', [(2, 10, 0, 0), (3, 10, 0, 0)])]
+    body = "couldn't parse labels: 1:2: parse error: unexpected character inside braces: '.'"
+    found = find_rejections(body, streams)
+    assert found.refused == {0: {0: ("invalid_labels", body)},
+                             1: {0: ("invalid_labels", body), 1: ("invalid_labels", body)}}
+
+
 def test_an_answer_the_sink_cannot_trace_is_unexplained():
     streams = [('{a="1"}', [(1, 10, 0, 0)])]
     assert find_rejections("something new went wrong", streams).unexplained == ["something new went wrong"]

@@ -17,6 +17,7 @@ from shipper.config import ConfigError, load_config, parse_config
 from shipper.metrics import Metrics
 from shipper.pipeline import Input, Pipeline
 from tests.helpers import cri, wait_for
+from tests.receivers._tls import TLSFiles
 from tests.receivers.loki import Fault, LokiLimits, LokiReceiver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -428,3 +429,34 @@ def test_credentials_tenant_and_content_type_are_sent(tmp_path, auth, authorizat
     assert headers["Authorization"] == authorization
     assert headers["X-Scope-OrgID"] == "team-a"
     assert headers["Content-Type"] == "application/x-protobuf" and "Content-Encoding" not in headers
+
+
+def test_tls_is_verified_by_default_and_takes_a_ca_and_a_client_certificate(tmp_path):
+    log = pod_log(tmp_path)
+    write(log, numbered(1))
+    tls = TLSFiles("loki-tls-", client_cert=True)
+    _HeaderRecorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeaderRecorder)
+    server.socket = tls.server_context(require_client_cert=True).wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        # The server's certificate is from a CA the system does not trust: nothing is delivered.
+        pipeline, metrics = make(tmp_path, url, grace_secs=0.1)
+
+        async def refused():
+            task = asyncio.create_task(pipeline.run())
+            await wait_for(lambda: metrics.value("shipper_sink_retries_total", sink="loki", reason="connection") >= 2)
+            pipeline.stop()
+            await task
+
+        asyncio.run(refused())
+        assert _HeaderRecorder.seen == []
+        pipeline, _ = make(tmp_path, url, one_shot=True, tls={
+            "ca_file": str(tls.ca_file), "cert_file": str(tls.client_cert_file), "key_file": str(tls.client_key_file)})
+        asyncio.run(pipeline.run())
+        assert len(_HeaderRecorder.seen) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
+        tls.cleanup()

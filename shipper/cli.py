@@ -112,6 +112,11 @@ def build_sinks(config: Config, metrics: Metrics) -> dict[str, Sink]:
             from shipper.sinks.elasticsearch import ElasticsearchSink
 
             sinks[name] = ElasticsearchSink(name, sink_config.options, metrics, config.node_name)
+        elif sink_config.type == "loki":
+            # Imported only when configured, like Elasticsearch's (httpx, protobuf: ~0.09 s of CPU).
+            from shipper.sinks.loki import LokiSink
+
+            sinks[name] = LokiSink(name, sink_config.options, metrics)
     return sinks
 
 

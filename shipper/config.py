@@ -19,6 +19,7 @@ from shipper.decode.multiline import PRESETS, MultilineRule
 from shipper.parse.records import RESERVED_KEYS, JsonOptions
 from shipper.sinks.elasticsearch_options import read_elasticsearch_options
 from shipper.sinks.file_options import read_file_options
+from shipper.sinks.loki_options import read_loki_options
 
 
 def _no_options(reader: ConfigReader, spec: dict, path: str, default_dead_letter_path: str) -> None:
@@ -30,6 +31,7 @@ SINK_OPTION_READERS = {
     "stdout": _no_options,
     "file": read_file_options,
     "elasticsearch": read_elasticsearch_options,
+    "loki": read_loki_options,
 }
 SINK_TYPES = tuple(SINK_OPTION_READERS)
 

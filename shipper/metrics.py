@@ -77,6 +77,16 @@ class Metrics:
             "shipper_sink_in_flight_bytes", "Encoded bytes a sink holds that are not yet delivered", ["sink"],
             registry=registry,
         )
+        self.loki_streams = Gauge(
+            "shipper_loki_streams", "Loki streams (label sets) a Loki sink has made for the files it read", ["sink"],
+            registry=registry,
+        )
+        self.loki_label_values_capped = Counter(
+            "shipper_loki_label_values_capped",
+            "Record-field label values beyond max_label_values, shipped as structured metadata instead of a stream",
+            ["sink", "label"],
+            registry=registry,
+        )
         self.files = Gauge("shipper_files_open", "Log files being followed", registry=registry)
         self.skipped_files = Counter(
             "shipper_files_skipped", "Files matched but not read, by reason", ["reason"], registry=registry

@@ -41,6 +41,7 @@ class TailedFile:
     __slots__ = (
         "path", "fd", "identity", "key", "input", "decoder", "kubernetes", "kubernetes_json",
         "read_offset", "range_start", "acks", "last_data_at",
+        "pod_metadata_version", "pod_known", "excluded", "builder",
     )
 
     def __init__(self, path, fd, identity: FileIdentity, key, input, decoder, kubernetes, kubernetes_json,
@@ -57,6 +58,13 @@ class TailedFile:
         self.range_start = offset
         self.acks = acks
         self.last_data_at = now
+        # Pod metadata (shipper.kube.enrich): the cache version last merged (-1: never), whether
+        # the pod was ever found, whether it is annotated not to be shipped, and the record
+        # builder its parser annotation selects (None: the input's).
+        self.pod_metadata_version = -1
+        self.pod_known = False
+        self.excluded = False
+        self.builder = None
 
     def read_lines(self, chunk_bytes: int, max_line_bytes: int, at_eof_take_rest: bool):
         """Read the next whole lines: ``(lines without newlines, start, end, unterminated)``,

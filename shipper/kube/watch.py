@@ -85,7 +85,9 @@ class ListWatch:
         self._thread = threading.Thread(target=self.run, name=f"kube-watch-{self.resource}", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop and wait up to ``timeout`` for the thread: a request stalled before its
+        response cannot be interrupted, and the daemon thread need not be waited for."""
         self._stopped.set()
         response = self._response
         if response is not None:

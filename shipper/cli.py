@@ -16,8 +16,7 @@ from shipper.kube.pod_metadata import PodMetadataCache
 from shipper.metrics import HealthState, Metrics, serve_metrics
 from shipper.pipeline import Input, Pipeline
 from shipper.sinks import Sink
-from shipper.sinks.file import FileSink
-from shipper.sinks.stdout import StdoutSink
+from shipper.sinks.json_lines import JsonLinesSink
 from shipper.tail.positions import PositionsError
 
 log = logging.getLogger("shipper")
@@ -103,7 +102,7 @@ def dry_run(config: Config | None, paths: list[str] | None, kube_pods: str | Non
             print(f"error: --kube-pods {kube_pods}: {error}", file=sys.stderr)
             return EXIT_CONFIG
     metrics = Metrics()
-    stdout = StdoutSink("stdout", metrics)
+    stdout = JsonLinesSink("stdout", metrics)
     inputs = [Input.from_config(inp, [stdout]) for inp in config.inputs]
     pipeline = Pipeline(config, inputs, metrics, one_shot=True, persist_positions=False, pod_metadata=pod_metadata)
     asyncio.run(pipeline.run())
@@ -150,9 +149,9 @@ def build_sinks(config: Config, metrics: Metrics) -> dict[str, Sink]:
     sinks: dict[str, Sink] = {}
     for name, sink_config in config.sinks.items():
         if sink_config.type == "stdout":
-            sinks[name] = StdoutSink(name, metrics)
+            sinks[name] = JsonLinesSink(name, metrics)
         elif sink_config.type == "file":
-            sinks[name] = FileSink(name, sink_config.options.path, metrics)
+            sinks[name] = JsonLinesSink(name, metrics, path=sink_config.options.path)
         elif sink_config.type == "elasticsearch":
             # Imported only when configured: the client costs ~0.3 s of CPU and 25 MB to load.
             from shipper.sinks.elasticsearch import ElasticsearchSink

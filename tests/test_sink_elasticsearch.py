@@ -223,7 +223,7 @@ def test_a_413_splits_the_batch_and_a_single_oversized_document_is_dead_lettered
         pipeline, metrics = make(tmp_path, es.url)
         asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
         assert messages(es) == [f"line {i}" for i in range(40)]
-        assert metrics.value("shipper_sink_retries_total", sink="es", reason="http_413_split") >= 2
+        assert metrics.value("shipper_sink_retries_total", sink="es", reason="http_413") >= 2
         (letter,) = [orjson.loads(line) for line in (tmp_path / "dead-letter-es.ndjson").read_bytes().splitlines()]
         assert letter["status"] == 413 and letter["record"]["log"] == "x" * 6000
         assert metrics.value("shipper_sink_records_dead_lettered_total", sink="es",
@@ -409,3 +409,78 @@ def test_a_document_over_the_field_limit_is_dead_lettered_and_the_rest_indexed(t
         assert letter["record"]["field59"] == 59
         histogram = metrics.value("shipper_sink_request_seconds_count", sink="es", outcome="ok")
         assert histogram >= 1
+
+
+def test_per_item_refusals_an_operator_must_fix_are_kept_and_retried_slowly(tmp_path, caplog):
+    log = tmp_path / "app.log"
+    write_lines(log, 4)
+    with ElasticsearchReceiver() as es:
+        es.inject(FailItems({1: ItemFault.FORBIDDEN}))
+        pipeline, metrics = make(tmp_path, es.url)
+        with caplog.at_level(logging.ERROR):
+            asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        assert messages(es) == [f"line {i}" for i in range(4)]
+        assert not (tmp_path / "dead-letter-es.ndjson").exists()
+        assert metrics.value("shipper_sink_retries_total", sink="es", reason="security_exception") == 1
+        assert "1 documents wait for an operator (security_exception)" in caplog.text
+
+
+def test_a_proxy_answer_that_is_not_elasticsearchs_keeps_the_documents(tmp_path):
+    log = tmp_path / "app.log"
+    write_lines(log, 3)
+    with ElasticsearchReceiver() as es:
+        es.inject(RejectRequest(404, "index_not_found_exception", "no such index [_bulk]"), RejectRequest(405))
+        pipeline, metrics = make(tmp_path, es.url)
+        asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
+        assert messages(es) == ["line 0", "line 1", "line 2"]
+        assert not (tmp_path / "dead-letter-es.ndjson").exists()
+        assert metrics.value("shipper_sink_retries_total", sink="es", reason="http_404") == 1
+        assert metrics.value("shipper_sink_retries_total", sink="es", reason="http_405") == 1
+
+
+def test_a_node_of_another_major_after_discovery_makes_the_sink_ask_again(tmp_path):
+    log = tmp_path / "app.log"
+    write_lines(log, 2)
+    with ElasticsearchReceiver(version="9.1.0") as es:
+        pipeline, metrics = make(tmp_path, es.url)
+
+        async def scenario():
+            task = asyncio.create_task(pipeline.run())
+            await wait_for(lambda: acknowledged(pipeline, log))
+            es.version, es.major = "8.19.0", 8  # a rolling downgrade: the 9.x headers are refused now
+            write_lines(log, 2, start=2)
+            await wait_for(lambda: acknowledged(pipeline, log))
+            pipeline.stop()
+            await task
+
+        asyncio.run(scenario())
+        assert messages(es) == [f"line {i}" for i in range(4)]
+        assert metrics.value("shipper_sink_retries_total", sink="es", reason="http_400") == 1
+        assert not (tmp_path / "dead-letter-es.ndjson").exists()
+
+
+def test_refused_documents_wait_while_the_dead_letter_file_cannot_be_written(tmp_path):
+    log = tmp_path / "app.log"
+    with open(log, "ab") as handle:
+        handle.write(cri(DAY1, "stdout", "F", '{"n": 1}'))
+        handle.write(cri(DAY1, "stdout", "F", '{"n": "one"}'))
+    blocker = tmp_path / "blocked"
+    blocker.write_text("")  # a file where the dead-letter directory should be
+    with ElasticsearchReceiver() as es:
+        pipeline, metrics = make(tmp_path, es.url, batch={"max_records": 1, "flush_secs": 0.02},
+                                 dead_letter_path=str(blocker / "dead.ndjson"))
+
+        async def scenario():
+            task = asyncio.create_task(pipeline.run())
+            await wait_for(lambda: es.count() == 1)
+            await asyncio.sleep(0.5)
+            assert not acknowledged(pipeline, log)  # the refused line holds the position
+            blocker.unlink()  # the operator frees the path
+            await wait_for(lambda: acknowledged(pipeline, log))
+            pipeline.stop()
+            await task
+
+        asyncio.run(scenario())
+        (letter,) = [orjson.loads(line) for line in (blocker / "dead.ndjson").read_bytes().splitlines()]
+        assert letter["record"]["n"] == "one"
+        assert metrics.value("shipper_sink_records_dead_lettered_total", sink="es") == 1

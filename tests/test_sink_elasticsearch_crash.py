@@ -60,4 +60,5 @@ def test_kill_9_mid_shipping_and_restart_gives_every_line_exactly_once(tmp_path)
         assert {int(doc_id.rsplit("-", 1)[1], 16) for doc_id in es.ids(index)} == line_starts
         assert es.count() == LINES
         replayed = es.stats.bulk_items - LINES  # items answered 409: stored before the kill
+        assert replayed > 0, "the restart re-sent nothing: the 409 path was not exercised"
         print(f"kill -9 after {at_kill} documents; the restart re-sent {replayed} already stored (409)")

@@ -5,7 +5,7 @@ import asyncio
 import orjson
 
 from shipper.metrics import Metrics
-from shipper.sinks.file import FileSink
+from shipper.sinks.json_lines import JsonLinesSink
 from tests.helpers import cri, make_config, make_pipeline, run_until
 
 T = "2026-11-20T10:00:00.5Z"
@@ -17,7 +17,7 @@ def test_records_are_appended_as_json_lines_and_acknowledged(tmp_path):
     out = tmp_path / "out.ndjson"
     out.write_bytes(orjson.dumps({"log": "from an earlier run"}) + b"\n")
     config = make_config(tmp_path, [str(tmp_path / "*.log")])
-    sink = FileSink("collect", str(out), Metrics())
+    sink = JsonLinesSink("collect", Metrics(), path=str(out))
     pipeline, _ = make_pipeline(config, [sink])
 
     def all_acknowledged() -> bool:

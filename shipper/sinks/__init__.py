@@ -5,10 +5,11 @@ enqueue, no I/O wait), and a sink calls ``ack_range.ack()`` only once every reco
 given with that range is durably delivered (or dead-lettered). ``drain`` delivers everything
 accepted so far.
 
-``source`` says which file the records come from: ``source.key`` is the file's stable
-identity (the same after a restart, different for a new file at the same path), which with a
-record's byte offset names the record for idempotent delivery; ``source.path``; and
-``source.kubernetes``, the file's Kubernetes metadata as a dict (labels for Loki streams).
+``source`` says which file the records come from: ``source.identity.key`` is the file's
+stable identity (the same after a restart, different for a new file at the same path), which
+with a record's byte offset names the record for idempotent delivery; ``source.key`` is that
+per input (the position key); ``source.path``; and ``source.kubernetes``, the file's
+Kubernetes metadata as a dict (labels for Loki streams).
 """
 
 from typing import Protocol
@@ -16,7 +17,12 @@ from typing import Protocol
 from shipper.acks import AckRange
 
 
+class FileIdentityKey(Protocol):
+    key: str
+
+
 class Source(Protocol):
+    identity: FileIdentityKey
     key: str
     path: str
     kubernetes: dict

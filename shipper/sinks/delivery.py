@@ -52,15 +52,13 @@ class Backoff:
         self.attempt += 1
         return ceiling / 2 + random.random() * ceiling / 2
 
-    def reset(self) -> None:
-        self.attempt = 0
-
 
 class DeadLetterFile:
     """Records a destination refused for good, one JSON object per line, with the reason.
 
-    Appended and flushed before the records are acknowledged, so a refused record is either
-    here or will be read again: never silently gone.
+    Written before the records are acknowledged; a write that fails raises and the sink keeps
+    the records, so a refused record is either here or will be sent again: never silently
+    gone.
     """
 
     def __init__(self, path: str, sink_name: str) -> None:
@@ -71,15 +69,19 @@ class DeadLetterFile:
     def write(self, entries: list[dict]) -> None:
         """``entries``: ``{"reason", "status", "error", ...}`` plus the record (as an
         ``orjson.Fragment`` when it is already encoded)."""
-        if self._file is None:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            self._file = open(self.path, "ab")
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self._file.write(b"".join(
+        lines = b"".join(
             orjson.dumps({"time": now, "sink": self.sink_name, **entry}, option=orjson.OPT_APPEND_NEWLINE)
             for entry in entries
-        ))
-        self._file.flush()
+        )
+        try:
+            if self._file is None:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+                self._file = open(self.path, "ab", buffering=0)  # unbuffered: no half-written rest
+            self._file.write(lines)
+        except OSError:
+            self.close()  # opened again next time: the disk may have room then, the path may exist
+            raise
 
     def close(self) -> None:
         if self._file is not None:
@@ -156,11 +158,12 @@ class Batcher:
             items, size = await self._queue.get()
             try:
                 await self._send(items)
-            except Exception:  # a bug in a sink must not stop delivery for good: say so loudly
-                log.exception("sending a batch of %d items failed unexpectedly; sending it again", len(items))
-                self._queue.put_nowait((items, size))
-                await asyncio.sleep(1.0)
-            else:
-                self._on_bytes(-size)
+            except Exception:
+                # A bug in the sink. Sending the batch again could settle records it had already
+                # settled and ack ranges early; left unacknowledged, they are read again after
+                # a restart. The other batches go on.
+                log.exception("sending a batch of %d items failed unexpectedly; its records stay unacknowledged "
+                              "and are read again after a restart", len(items))
             finally:
+                self._on_bytes(-size)
                 self._queue.task_done()

@@ -23,7 +23,7 @@ import time
 
 import orjson
 from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout, NdjsonSerializer, OrjsonSerializer, TlsError
+from elastic_transport import ConnectionTimeout, NdjsonSerializer, OrjsonSerializer, TlsError, TransportError
 from elasticsearch import ApiError, AsyncElasticsearch
 
 from shipper.acks import AckRange
@@ -66,6 +66,8 @@ class ElasticsearchSink:
     # ---- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
+        if not self._delivery.tls.verify:
+            log.warning("%s: TLS certificate verification is off (tls.verify: false)", self.name)
         self._client = AsyncElasticsearch(list(self._delivery.endpoints), **_client_options(self.options))
         self._batcher.start()
 
@@ -84,7 +86,9 @@ class ElasticsearchSink:
         known = self._files.get(source.key)
         if known is None:
             template = self.options.data_stream or file_index_template(self.options.index, source.kubernetes)
-            known = self._files[source.key] = (_file_id(self._node_name, source.key), template)
+            # Not the position key, which names the input too: renaming an input re-reads its
+            # files, and ids from the file alone make that replay a 409 instead of duplicates.
+            known = self._files[source.key] = (_file_id(self._node_name, source.identity.key), template)
         file_id, template = known
         pending = PendingAck(ack_range, len(records))
         start, end = 0, len(records)
@@ -98,13 +102,16 @@ class ElasticsearchSink:
     def _encode(self, records: list[dict], offsets: list[int], start: int, stop: int, file_id: bytes,
                 template: str) -> bytes:
         """Action and document lines of ``records[start:stop]``, joined."""
-        action_starts, dumps, newline = self._action_starts, orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
         parts = []
         append = parts.append
+        last_hour, action_start = None, b""
         for i in range(start, stop):
             record = records[i]
             hour = record["@timestamp"][:13]
-            action_start = action_starts.get((template, hour)) or self._action_start(template, hour)
+            if hour != last_hour:  # records of a chunk mostly share their hour
+                last_hour = hour
+                action_start = self._action_starts.get((template, hour)) or self._action_start(template, hour)
             append(b'%s%s-%x"}}\n' % (action_start, file_id, offsets[i]))
             append(dumps(record, option=newline))
         return b"".join(parts)
@@ -141,120 +148,142 @@ class ElasticsearchSink:
                 )
             except ApiError as error:
                 self._observe(started, f"http_{error.meta.status}")
-                delay = await self._request_failed(batch, error, backoff)
-                if delay is None:
-                    return
-                await asyncio.sleep(delay)
-                continue
-            except (TransportConnectionError, ConnectionTimeout) as error:
-                reason = "timeout" if isinstance(error, ConnectionTimeout) else "connection"
+                batch, delay = await self._request_failed(batch, error, backoff)
+            except TransportError as error:
+                reason = _transport_reason(error)
                 self._observe(started, reason)
                 self._retries.labels(sink=self.name, reason=reason).inc()
                 log.warning("%s: %s on _bulk (%s); retrying %d documents", self.name, reason,
                             _transport_error_text(error), batch.documents)
-                await asyncio.sleep(backoff.next_delay())
-                continue
-            self._observe(started, "ok")
-            self._sent_bytes.inc(len(batch.body))
-            batch = self._answered(batch, response.body)
+                delay = self._slow_delay if isinstance(error, TlsError) else backoff.next_delay()
+            else:
+                self._observe(started, "ok")
+                self._sent_bytes.inc(len(batch.body))
+                batch, delay = self._answered(batch, response.body, backoff)
             if batch is not None:
-                await asyncio.sleep(backoff.next_delay())
+                await asyncio.sleep(delay)
 
-    async def _request_failed(self, batch: "_Batch", error: ApiError, backoff: Backoff) -> float | None:
-        """What to do after a non-2xx answer: the delay before retrying, or None when done."""
-        status = error.meta.status
+    @property
+    def _slow_delay(self) -> float:
+        """For what will not heal by retrying soon: credentials, roles, certificates, routes."""
+        return self._delivery.retry.auth_backoff_secs
+
+    async def _request_failed(self, batch: "_Batch", error: ApiError,
+                              backoff: Backoff) -> tuple["_Batch | None", float]:
+        """After a non-2xx answer: what to send again (or None) and after how long. Async
+        because a 413 sends the halves before returning."""
+        status, error_type = error.meta.status, _body_error(error).get("type")
+        self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
         if status == 413:
             # Too large for http.max_content_length: halves until each fits or is one document.
-            self._retries.labels(sink=self.name, reason="http_413_split").inc()
             singles = batch.singles()
-            if len(singles) == 1:
-                self._dead_letter(singles, [{"status": 413, "error": {"type": "request_entity_too_large",
-                                                                      "reason": "document exceeds http.max_content_length"}}])
-                return None
-            half = len(singles) // 2
-            await self._deliver(_Batch.of_singles(singles[:half]))
-            await self._deliver(_Batch.of_singles(singles[half:]))
-            return None
-        if status in (401, 403):
-            log.error("%s: Elasticsearch refused the credentials (HTTP %d: %s); %d documents wait, retrying in %.0fs",
-                      self.name, status, _error_text(error), batch.documents, self._delivery.retry.auth_backoff_secs)
-            self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
-            return self._delivery.retry.auth_backoff_secs
-        if status == 429 or status >= 500:
-            self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
+            if len(singles) > 1:
+                half = len(singles) // 2
+                await self._deliver(_Batch.of_singles(singles[:half]))
+                await self._deliver(_Batch.of_singles(singles[half:]))
+                return None, 0
+            too_large = {"status": 413, "error": {"type": "request_entity_too_large",
+                                                  "reason": "document exceeds http.max_content_length"}}
+            return (None, 0) if self._dead_letter(singles, [too_large]) else (batch, self._slow_delay)
+        if status == 429 or status >= 500 or status == 408:
             log.warning("%s: _bulk answered %d (%s); retrying %d documents", self.name, status, _error_text(error),
                         batch.documents)
-            return backoff.next_delay()
-        # Any other whole-request refusal will not change on retry: keep the documents with it.
-        log.error("%s: _bulk refused the whole request with %d: %s; dead-lettering %d documents",
-                  self.name, status, _error_text(error), batch.documents)
-        body = error.body if isinstance(error.body, dict) else {}
-        reason = body.get("error") if isinstance(body.get("error"), dict) else {"type": f"http_{status}",
-                                                                                   "reason": _error_text(error)}
-        self._dead_letter(batch.singles(), [{"status": status, "error": reason}] * batch.documents)
-        return None
+            return batch, backoff.next_delay()
+        if status == 406 or error_type == "media_type_header_exception":
+            # The node answering now speaks another major than the one GET / found (a rolling
+            # upgrade, a replaced node): ask again.
+            log.warning("%s: _bulk refused the compatibility headers (%s); asking GET / again", self.name,
+                        _error_text(error))
+            self._headers = None
+            return batch, backoff.next_delay()
+        if status in (401, 403):
+            log.error("%s: Elasticsearch refused the credentials (HTTP %d: %s); %d documents wait, retrying in %.0fs",
+                      self.name, status, _error_text(error), batch.documents, self._slow_delay)
+            return batch, self._slow_delay
+        if status == 400 and _body_error(error):
+            # Elasticsearch refused the request itself; sending it again cannot change that.
+            log.error("%s: _bulk refused the whole request with 400: %s; dead-lettering %d documents",
+                      self.name, _error_text(error), batch.documents)
+            refusal = {"status": status, "error": _body_error(error)}
+            if self._dead_letter(batch.singles(), [refusal] * batch.documents):
+                return None, 0
+            return batch, self._slow_delay
+        # Not an Elasticsearch answer (a proxy's 404 or 405, a wrong path): keep the documents.
+        log.error("%s: _bulk answered %d (%s), not Elasticsearch's answer; %d documents wait, retrying in %.0fs",
+                  self.name, status, _error_text(error), batch.documents, self._slow_delay)
+        return batch, self._slow_delay
 
-    def _answered(self, batch: "_Batch", answer: dict) -> "_Batch | None":
-        """Settle each document by its per-item status; returns what to send again."""
+    def _answered(self, batch: "_Batch", answer: dict, backoff: Backoff) -> tuple["_Batch | None", float]:
+        """Settle each document by its per-item status: what to send again and after how long."""
         if not answer.get("errors"):
             self._delivered.inc(batch.documents)
             for count, pending in batch.owners:
                 pending.done(count)
-            return None
+            return None, 0
         results = answer.get("items", [])
         if len(results) != batch.documents:
             log.error("%s: _bulk answered %d items for %d actions; sending them again", self.name, len(results),
                       batch.documents)
             self._retries.labels(sink=self.name, reason="item_count_mismatch").inc()
-            return batch
-        delivered, replayed, retry, refused, refusals = 0, 0, [], [], []
+            return batch, backoff.next_delay()
+        delivered, replayed, retry, slow, refused, refusals = 0, 0, [], False, [], []
         retry_reasons: dict[str, int] = {}
         for single, result in zip(batch.singles(), results):
             (outcome,) = result.values()
-            status = outcome.get("status", 0)
-            if status < 300 or status == 409:  # 409: created before, by a replay or a lost answer
+            status = outcome.get("status")
+            if type(status) is int and (status < 300 or status == 409):  # 409: created before (a replay)
                 delivered += 1
                 replayed += status == 409
                 single[2].done(1)
-            elif status == 429 or status >= 500:
-                retry.append(single)
-                reason = _error_type(outcome)
-                retry_reasons[reason] = retry_reasons.get(reason, 0) + 1
-            else:
+            elif type(status) is int and 400 <= status < 500 and status not in (401, 403, 404, 408, 429):
                 refused.append(single)
                 refusals.append(outcome)
+            else:
+                # 429/5xx heal soon; 401/403 (a role without write on this index) and 404 (no
+                # index template, auto-create off) need an operator; no status: a mangled answer.
+                retry.append(single)
+                slow |= status in (401, 403, 404)
+                reason = _error_type(outcome)
+                retry_reasons[reason] = retry_reasons.get(reason, 0) + 1
         self._delivered.inc(delivered)
         if replayed:
             self._replayed.inc(replayed)
-        if refused:
-            self._dead_letter(refused, refusals)
+        if refused and not self._dead_letter(refused, refusals):
+            retry.extend(refused)
+            slow = True
         for reason, count in retry_reasons.items():
             self._retries.labels(sink=self.name, reason=reason).inc(count)
-        return _Batch.of_singles(retry) if retry else None
+        if not retry:
+            return None, 0
+        if slow:
+            log.error("%s: %d documents wait for an operator (%s); retrying in %.0fs", self.name, len(retry),
+                      ", ".join(sorted(retry_reasons)) or "dead-letter file unwritable", self._slow_delay)
+        return _Batch.of_singles(retry), self._slow_delay if slow else backoff.next_delay()
 
-    def _dead_letter(self, singles: list[tuple], outcomes: list[dict]) -> None:
+    def _dead_letter(self, singles: list[tuple], outcomes: list[dict]) -> bool:
+        """Write refused documents to the dead-letter file and settle them; False (nothing
+        settled) when the file cannot be written, so they are kept and tried again."""
         entries = []
         for (action, document, _), outcome in zip(singles, outcomes):
             error = outcome.get("error") or {}
             target = orjson.loads(action)["create"]
-            reason = _error_type(outcome)
             entries.append({
-                "reason": reason, "status": outcome.get("status"), "error": error.get("reason", ""),
+                "reason": _error_type(outcome), "status": outcome.get("status"), "error": error.get("reason", ""),
                 "index": target["_index"], "id": target["_id"], "record": orjson.Fragment(document),
             })
-            self._rejected.labels(sink=self.name, reason=reason).inc()
         try:
             self._dead_letters.write(entries)
         except OSError as error:
-            # Nowhere to keep them: say so with what was lost rather than block the node.
-            log.error("%s: cannot write dead-letter file %s (%s); lost %d refused documents: %s", self.name,
-                      self._dead_letters.path, error.strerror, len(entries),
-                      "; ".join(f"{e['id']} {e['reason']}" for e in entries))
-        else:
-            log.warning("%s: %d documents refused (%s); written to %s", self.name, len(entries),
-                        ", ".join(sorted({e["reason"] for e in entries})), self._dead_letters.path)
+            log.error("%s: cannot write dead-letter file %s (%s); keeping %d refused documents and trying again",
+                      self.name, self._dead_letters.path, error.strerror, len(entries))
+            return False
+        for entry in entries:
+            self._rejected.labels(sink=self.name, reason=entry["reason"]).inc()
+        log.warning("%s: %d documents refused (%s); written to %s", self.name, len(entries),
+                    ", ".join(sorted({e["reason"] for e in entries})), self._dead_letters.path)
         for _, _, pending in singles:
             pending.done(1)
+        return True
 
     async def _discover(self) -> dict[str, str]:
         """The compatibility headers for the cluster's major version, from ``GET /``; raises
@@ -266,7 +295,12 @@ class ElasticsearchSink:
                 return self._headers
             try:
                 info = await self._client.perform_request("GET", "/", headers=_DISCOVERY_HEADERS)
-                number = info.body["version"]["number"]
+                number = str(info.body["version"]["number"])
+                major = int(number.split(".")[0])
+            except (KeyError, TypeError, ValueError):
+                log.error("%s: GET / did not answer like Elasticsearch (no version.number); retrying in %.0fs",
+                          self.name, self._slow_delay)
+                raise _NotReady(self._slow_delay) from None
             except ApiError as error:
                 status = error.meta.status
                 slow = status in (401, 403)
@@ -280,11 +314,12 @@ class ElasticsearchSink:
                           _transport_error_text(error), self._delivery.retry.auth_backoff_secs)
                 self._retries.labels(sink=self.name, reason="tls").inc()
                 raise _NotReady(self._delivery.retry.auth_backoff_secs) from None
-            except (TransportConnectionError, ConnectionTimeout) as error:
-                log.warning("%s: cannot reach Elasticsearch (%s); retrying", self.name, _transport_error_text(error))
-                self._retries.labels(sink=self.name, reason="connection").inc()
+            except TransportError as error:
+                reason = _transport_reason(error)
+                log.warning("%s: cannot reach Elasticsearch (%s: %s); retrying", self.name, reason,
+                            _transport_error_text(error))
+                self._retries.labels(sink=self.name, reason=reason).inc()
                 raise _NotReady(None) from None
-            major = int(str(number).split(".")[0])
             if major not in SUPPORTED_MAJORS:
                 log.error("%s: Elasticsearch %s is not supported (only %s)", self.name, number,
                           " and ".join(map(str, SUPPORTED_MAJORS)))
@@ -324,8 +359,7 @@ class _Piece:
 
 class _Batch:
     """One ``_bulk`` body and whose documents it holds, in order: ``owners`` is
-    ``(documents, PendingAck)`` per piece. The pieces' own bytes are let go once joined, so
-    a batch in flight costs its body once."""
+    ``(documents, PendingAck)`` per piece."""
 
     __slots__ = ("body", "owners", "documents")
 
@@ -337,8 +371,6 @@ class _Batch:
     @classmethod
     def of_pieces(cls, pieces: list[_Piece]) -> "_Batch":
         body = pieces[0].body if len(pieces) == 1 else b"".join([piece.body for piece in pieces])
-        for piece in pieces:
-            piece.body = b""
         return cls(body, [(piece.count, piece.pending) for piece in pieces])
 
     @classmethod
@@ -364,9 +396,9 @@ class _NotReady(Exception):
         self.delay = delay
 
 
-def _file_id(node_name: str, file_key: str) -> bytes:
+def _file_id(node_name: str, identity_key: str) -> bytes:
     """12 url-safe characters naming one file on one node; with the offset, one record."""
-    digest = hashlib.blake2b(f"{node_name}|{file_key}".encode(), digest_size=9).digest()
+    digest = hashlib.blake2b(f"{node_name}|{identity_key}".encode(), digest_size=9).digest()
     return base64.urlsafe_b64encode(digest)
 
 
@@ -377,16 +409,30 @@ def _error_type(outcome: dict) -> str:
     return f"http_{outcome.get('status')}"
 
 
+def _transport_reason(error: TransportError) -> str:
+    if isinstance(error, TlsError):
+        return "tls"
+    if isinstance(error, ConnectionTimeout):
+        return "timeout"
+    return "connection" if isinstance(error, TransportConnectionError) else "transport"
+
+
+def _body_error(error: ApiError) -> dict:
+    """Elasticsearch's ``{"error": {"type", "reason", ...}}``, or {} when the body is not one."""
+    body = error.body
+    return body["error"] if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
+
+
 def _transport_error_text(error: Exception) -> str:
     """The transport's own message: its str() is only the kind ("TLS error")."""
     return str(getattr(error, "message", "") or error)
 
 
 def _error_text(error: ApiError) -> str:
-    body = error.body
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        return f"{body['error'].get('type')}: {body['error'].get('reason')}"
-    return str(body)[:200] if body else error.message
+    body_error = _body_error(error)
+    if body_error:
+        return f"{body_error.get('type')}: {body_error.get('reason')}"
+    return str(error.body)[:200] if error.body else error.message
 
 
 def _client_options(options: ElasticsearchOptions) -> dict:

@@ -73,7 +73,8 @@ def read_delivery(reader: ConfigReader, spec: dict, path: str, default_dead_lett
     for i, endpoint in enumerate(endpoints):
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise reader.fail(f"{path}.endpoints[{i}]", f"must be an http:// or https:// URL, got '{endpoint}'")
+            shown = endpoint.split("@", 1)[-1] if "@" in endpoint else endpoint  # no credentials in errors
+            raise reader.fail(f"{path}.endpoints[{i}]", f"must be an http:// or https:// URL, got '{shown}'")
     options: dict[str, Any] = {"endpoints": endpoints}
     if "auth" in spec:
         options["auth"] = _read_auth(reader, spec["auth"], f"{path}.auth")

@@ -179,6 +179,7 @@ class ItemFault(enum.Enum):
     REJECTED = "es_rejected_execution_exception"  # 429: write queue or indexing pressure
     UNAVAILABLE = "unavailable_shards_exception"  # 503: primary not active
     BLOCKED = "cluster_block_exception"  # 429: flood-stage disk watermark
+    FORBIDDEN = "security_exception"  # 403: the user's role may not write to this index
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1373,6 +1374,14 @@ def _item_fault_error(fault: ItemFault, index: str, shard_items: int, source_byt
             f"[BulkShardRequest [[{index}][0]] containing [{shard_items}] requests]"
         )
         return 503, _exception(fault.value, reason)
+    if fault is ItemFault.FORBIDDEN:
+        # The user is not known here: ES names the authenticated user and its roles.
+        reason = (
+            f"action [indices:data/write/bulk[s]] is unauthorized for user [shipper] with effective roles "
+            f"[logs_writer] on indices [{index}], this action is granted by the index privileges "
+            "[create_doc,create,index,write,all]"
+        )
+        return 403, _exception(fault.value, reason)
     reason = (
         f"index [{index}] blocked by: [TOO_MANY_REQUESTS/12/disk usage exceeded flood-stage watermark, "
         "index has read-only-allow-delete block];"

@@ -10,6 +10,7 @@ import pytest
 
 from shipper.kube.pod_metadata import MetadataOptions, PodMetadataCache
 from shipper.kube.watch import NodeMetadataWatch, api_client
+from shipper.metrics import Metrics
 from tests.helpers import CollectingSink, cri, make_config, make_pipeline, wait_for
 from tests.receivers.kube_api import FakeKubeApi, make_pod
 
@@ -70,15 +71,9 @@ def api():
 
 
 def start_watch(api, cache):
-    watch = NodeMetadataWatch(api_client(str(api.write_kubeconfig())), NODE, cache, metrics_stub(), **FAST_WATCH)
+    watch = NodeMetadataWatch(api_client(str(api.write_kubeconfig())), NODE, cache, Metrics(), **FAST_WATCH)
     watch.start()
     return watch
-
-
-def metrics_stub():
-    from shipper.metrics import Metrics
-
-    return Metrics()
 
 
 def test_records_follow_pods_added_relabelled_and_deleted_while_they_flow(tmp_path, api):
@@ -176,7 +171,7 @@ def test_the_api_being_down_never_delays_records(tmp_path, outage):
         api.stall_next_request(60, times=100)  # every request hangs until the server stops
     else:
         api.stop()  # connections refused from the start
-    watch = NodeMetadataWatch(api_client(str(kubeconfig)), NODE, cache, metrics_stub(),
+    watch = NodeMetadataWatch(api_client(str(kubeconfig)), NODE, cache, Metrics(),
                               **(FAST_WATCH | {"read_timeout_secs": 60}))
     watch.start()
 

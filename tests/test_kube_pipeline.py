@@ -240,3 +240,28 @@ def test_a_parser_annotation_chooses_how_messages_are_parsed(tmp_path):
     records = {record["kubernetes"]["pod_name"]: record for record in shipped(sink)}
     assert "level" not in records["plain"]
     assert records["merged"]["level"] == "info"
+
+
+KUBEARMOR_ALERT = orjson.dumps({
+    "Timestamp": 1795168800, "UpdatedTime": "2026-11-20T10:00:00.301798Z", "HostName": "node-1",
+    "Type": "MatchedPolicy", "Operation": "Process", "Severity": "5", "Action": "Block",
+}).decode()
+
+
+def test_a_kubearmor_parser_annotation_recognises_alerts_from_any_container_name(tmp_path):
+    cache = PodMetadataCache()
+    cache.replace_pods([
+        make_pod("relay", annotations={"shipper.io/parser-forwarder": "kubearmor"}, containers=(("forwarder", "r:1"),)),
+        make_pod("plain", containers=(("forwarder", "r:1"),)),
+    ])
+    for pod in ("relay", "plain"):
+        Writer(container_log(tmp_path, pod, container="forwarder")).line(KUBEARMOR_ALERT)
+    sink = CollectingSink()
+    pipeline, metrics = follow_with(tmp_path, sink, cache)
+
+    asyncio.run(read_once(pipeline))
+
+    records = {record["kubernetes"]["pod_name"]: record for record in shipped(sink)}
+    assert records["relay"]["Severity"] == 5  # KubeArmor's stable type: an integer
+    assert records["plain"]["Severity"] == "5"  # merged as plain app JSON: a container not named kubearmor*
+    assert metrics.value("shipper_security_events_total", kind="kubearmor") == 1

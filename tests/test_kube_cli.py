@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -122,3 +123,18 @@ def test_run_enriches_records_from_the_api(tmp_path):
     assert second["log"] == "second"
     assert second["kubernetes"]["labels"] == {"app": "web"}
     assert second["kubernetes"]["host"] == "node-a"
+
+
+def test_run_outside_a_cluster_without_a_kubeconfig_is_a_config_error(tmp_path):
+    config = tmp_path / "shipper.yaml"
+    config.write_text(
+        "node_name: node-a\nkube: {enabled: true}\nmetrics: {listen: null}\n"
+        f"positions: {{path: {tmp_path}/positions.json}}\n"
+        f"inputs: {{app: {{paths: ['{tmp_path}/*.log'], sinks: [out]}}}}\nsinks: {{out: {{type: stdout}}}}\n"
+    )
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_SERVICE_")}
+
+    result = shipper("run", "--config", str(config), env=environment)
+
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith(f"config error: {config}: kube: cannot set up the API client:")

@@ -296,3 +296,17 @@ def test_unreadable_watch_events_are_counted_and_skipped_and_split_events_are_jo
     assert events == [("ADDED", "5"), ("MODIFIED", "6")]
     assert (watch.resource_version, delivered) == ("9", True)
     assert metrics.value("shipper_kube_events_skipped_total") == 4
+
+
+def test_pods_the_cache_cannot_read_count_as_skipped_events():
+    from kubernetes.client import ApiClient
+
+    cache = PodMetadataCache()
+    metrics = Metrics()
+    watch = NodeMetadataWatch(ApiClient(), NODE, cache, metrics)
+
+    watch._pods_listed([make_pod("ok", node_name=NODE), {"metadata": {"name": "no-namespace"}}])
+    watch._pod_event("ADDED", {"metadata": {"namespace": "default"}})
+
+    assert metrics.value("shipper_kube_events_skipped_total", resource="pods") == 2
+    assert metrics.value("shipper_kube_cache_pods") == 1

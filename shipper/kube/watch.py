@@ -287,11 +287,18 @@ class NodeMetadataWatch:
         return [self.pods] + ([self.namespaces] if self.namespaces is not None else [])
 
     def _pods_listed(self, pods: list) -> None:
-        self._cache.replace_pods(pods)
-        self._metrics.kube_pods.set(len(self._cache))
+        self._counted(self._cache.replace_pods, pods)
 
     def _pod_event(self, event_type: str, pod: dict) -> None:
-        self._cache.apply_pod_event(event_type, pod)
+        self._counted(self._cache.apply_pod_event, event_type, pod)
+
+    def _counted(self, write, *args) -> None:
+        """Apply a write; pods the cache could not read (logged there) count as skipped events."""
+        unreadable = self._cache.counts.bad_objects
+        write(*args)
+        skipped = self._cache.counts.bad_objects - unreadable
+        if skipped:
+            self._metrics.kube_events_skipped.labels(resource="pods").inc(skipped)
         self._metrics.kube_pods.set(len(self._cache))
 
     def _tick(self) -> None:

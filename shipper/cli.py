@@ -9,7 +9,10 @@ import sys
 from dataclasses import replace
 from importlib import resources
 
+import orjson
+
 from shipper.config import Config, ConfigError, InputConfig, SinkConfig, load_config
+from shipper.kube.pod_metadata import PodMetadataCache
 from shipper.metrics import HealthState, Metrics, serve_metrics
 from shipper.pipeline import Input, Pipeline
 from shipper.sinks import Sink
@@ -26,6 +29,14 @@ def samples_glob() -> str:
     return os.path.join(str(resources.files("shipper") / "samples" / "containers"), "*.log")
 
 
+# `--kube-pods` without a file: the bundled samples' pods, resolved when used.
+SAMPLE_PODS = "(samples)"
+
+
+def sample_pods_path() -> str:
+    return str(resources.files("shipper") / "samples" / "pods.json")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="shipper",
@@ -37,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="configuration file (YAML)")
     parser.add_argument("--path", metavar="GLOB", action="append",
                         help="with --dry-run: read these files instead of the configured inputs (repeatable)")
+    parser.add_argument("--kube-pods", metavar="FILE", nargs="?", const=SAMPLE_PODS,
+                        help="with --dry-run: enrich records from a saved `kubectl get pods -o json` list "
+                             "(without FILE: the pods of the bundled samples)")
     parser.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser("run", help="follow the configured files and ship them")
@@ -59,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return run(load_config(args.run_config))
         if args.dry_run:
-            return dry_run(load_config(args.config) if args.config else None, args.path)
+            return dry_run(load_config(args.config) if args.config else None, args.path, args.kube_pods)
+        if args.kube_pods:
+            parser.error("--kube-pods needs --dry-run")
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return EXIT_CONFIG
@@ -70,22 +86,47 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_CONFIG
 
 
-def dry_run(config: Config | None, paths: list[str] | None) -> int:
-    """Every input feeds one stdout sink; files are read from their head, nothing persists."""
+def dry_run(config: Config | None, paths: list[str] | None, kube_pods: str | None = None) -> int:
+    """Every input feeds one stdout sink; files are read from their head, nothing persists.
+    ``kube_pods``: a saved pod list stands in for the API's metadata."""
     if paths or config is None:
         inputs = (InputConfig(name="dry-run", paths=tuple(paths or [samples_glob()]), sinks=("stdout",)),)
         config = replace(config, inputs=inputs) if config else Config(source="(defaults)", inputs=inputs, sinks={})
     config = replace(config, sinks={"stdout": SinkConfig(name="stdout", type="stdout")})
+    pod_metadata = None
+    if kube_pods is not None:
+        pod_metadata = PodMetadataCache(config.kube.metadata)
+        try:
+            pod_metadata.replace_pods(read_pod_list(sample_pods_path() if kube_pods == SAMPLE_PODS else kube_pods))
+        except ValueError as error:
+            print(f"error: --kube-pods {kube_pods}: {error}", file=sys.stderr)
+            return EXIT_CONFIG
     metrics = Metrics()
     stdout = JsonLinesSink("stdout", metrics)
     inputs = [Input.from_config(inp, [stdout]) for inp in config.inputs]
-    pipeline = Pipeline(config, inputs, metrics, one_shot=True, persist_positions=False)
+    pipeline = Pipeline(config, inputs, metrics, one_shot=True, persist_positions=False, pod_metadata=pod_metadata)
     asyncio.run(pipeline.run())
-    print(summary(metrics, files=len(pipeline.files)), file=sys.stderr)
+    print(summary(metrics, files=len(pipeline.files), pod_metadata=pod_metadata), file=sys.stderr)
     return 0
 
 
-def summary(metrics: Metrics, files: int) -> str:
+def read_pod_list(path: str) -> list:
+    """The pods of a ``kubectl get pods -o json`` file (a List, PodList or a single Pod)."""
+    try:
+        with open(path, "rb") as handle:
+            data = orjson.loads(handle.read())
+    except OSError as error:
+        raise ValueError(f"cannot read: {error.strerror}") from None
+    except orjson.JSONDecodeError as error:
+        raise ValueError(f"not JSON ({error})") from None
+    if isinstance(data, dict) and data.get("kind") == "Pod":
+        return [data]
+    if not isinstance(data, dict) or not isinstance(data.get("items"), list):
+        raise ValueError("not a pod list: expected an object with items, as `kubectl get pods -o json` writes")
+    return data["items"]
+
+
+def summary(metrics: Metrics, files: int, pod_metadata: PodMetadataCache | None = None) -> str:
     def listing(totals: dict[str, float]) -> str:
         return ", ".join(f"{key}={int(value)}" for key, value in sorted(totals.items())) or "none"
 
@@ -97,7 +138,11 @@ def summary(metrics: Metrics, files: int) -> str:
         f"  flagged (shipped with shipper.flags): {listing(metrics.by_label('shipper_records_flagged_total', 'reason'))}",
         f"  dropped by filters: {listing(metrics.by_label('shipper_records_dropped_total', 'filter'))}",
         f"  files skipped: {listing(metrics.by_label('shipper_files_skipped_total', 'reason'))}",
-    ])
+    ] + ([] if pod_metadata is None else [
+        f"  pod metadata: {len(pod_metadata)} pods ({pod_metadata.counts.bad_objects} unreadable, skipped); "
+        f"records without it: {int(metrics.value('shipper_kube_records_without_metadata_total'))}, "
+        f"excluded by annotation: {int(metrics.value('shipper_kube_records_excluded_total'))}",
+    ]))
 
 
 def build_sinks(config: Config, metrics: Metrics) -> dict[str, Sink]:
@@ -128,8 +173,24 @@ def run(config: Config) -> int:
         serve_metrics(metrics, health, host, int(port))
     sinks = build_sinks(config, metrics)
     inputs = [Input.from_config(inp, [sinks[name] for name in inp.sinks]) for inp in config.inputs]
-    pipeline = Pipeline(config, inputs, metrics, health=health)
-    asyncio.run(_run_until_signalled(pipeline))
+    pod_metadata = watch = None
+    if config.kube.enabled:
+        # Imported only when configured, like the Elasticsearch client.
+        from shipper.kube.watch import NodeMetadataWatch, api_client
+
+        pod_metadata = PodMetadataCache(config.kube.metadata)
+        try:
+            client = api_client(config.kube.kubeconfig)
+        except Exception as error:  # the client raises its own ConfigException, or OSError for files
+            raise ConfigError(config.source, "kube", f"cannot set up the API client: {error}") from None
+        watch = NodeMetadataWatch(client, config.node_name, pod_metadata, metrics)
+        watch.start()  # records do not wait for it: a pod not yet cached ships with its file name's fields
+    pipeline = Pipeline(config, inputs, metrics, health=health, pod_metadata=pod_metadata)
+    try:
+        asyncio.run(_run_until_signalled(pipeline))
+    finally:
+        if watch is not None:
+            watch.stop()
     return 0
 
 

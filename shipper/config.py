@@ -16,6 +16,7 @@ import yaml
 
 from shipper.config_reader import ConfigError, ConfigReader, describe
 from shipper.decode.multiline import PRESETS, MultilineRule
+from shipper.kube.options import KubeOptions, read_kube_options
 from shipper.parse.records import RESERVED_KEYS, JsonOptions
 from shipper.sinks.elasticsearch_options import read_elasticsearch_options
 from shipper.sinks.file_options import read_file_options
@@ -90,6 +91,7 @@ class Config:
     max_in_flight_bytes: int = 8 << 20
     metrics_listen: str | None = "0.0.0.0:2020"
     shutdown_grace_secs: float = 25.0
+    kube: KubeOptions = KubeOptions()
 
 
 _VARIABLE = re.compile(r"\$(\$)?\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -144,7 +146,7 @@ class _Reader(ConfigReader):
 
     def config(self, data: Any) -> Config:
         top = self.mapping(
-            data, "", ("node_name", "positions", "read", "buffer", "metrics", "shutdown", "inputs", "sinks")
+            data, "", ("node_name", "positions", "read", "buffer", "metrics", "shutdown", "kube", "inputs", "sinks")
         )
         settings: dict[str, Any] = {}
         if top.get("node_name") is not None:  # `${NODE_NAME:-}` leaves it empty: unknown node
@@ -186,6 +188,7 @@ class _Reader(ConfigReader):
         shutdown = self.mapping(top.get("shutdown", {}), "shutdown", ("grace_secs",))
         if "grace_secs" in shutdown:
             settings["shutdown_grace_secs"] = self.number(shutdown["grace_secs"], "shutdown.grace_secs", float, 0)
+        settings["kube"] = read_kube_options(self, top.get("kube", {}), settings.get("node_name", ""))
 
         dead_letter_dir = os.path.dirname(settings.get("positions_path", Config.positions_path)) or "."
         sinks = self.sinks(top.get("sinks"), dead_letter_dir)

@@ -104,6 +104,27 @@ class Metrics:
             "shipper_in_flight_bytes", "Bytes read and not yet acknowledged by every sink", registry=registry
         )
         self.checkpoints = Counter("shipper_position_saves", "Times the positions file was written", registry=registry)
+        # Pod metadata (shipper.kube): bumped by the watch thread, per event, not per line.
+        self.kube_pods = Gauge("shipper_kube_cache_pods", "Pods in the metadata cache (deleted ones within their grace)",
+                               registry=registry)
+        self.kube_watch_restarts = Counter(
+            "shipper_kube_watch_restarts", "Watches that ended and were started again, by reason (ended, expired, error)",
+            ["resource", "reason"], registry=registry,
+        )
+        self.kube_relists = Counter("shipper_kube_relists", "Full lists of a watched resource", ["resource"],
+                                    registry=registry)
+        self.kube_events_skipped = Counter(
+            "shipper_kube_events_skipped", "Watch events that could not be read, skipped", ["resource"], registry=registry
+        )
+        self.kube_records_without_metadata = Counter(
+            "shipper_kube_records_without_metadata",
+            "Records shipped with only what the file name tells, their pod not (yet) in the cache", ["input"],
+            registry=registry,
+        )
+        self.kube_records_excluded = Counter(
+            "shipper_kube_records_excluded", "Records not shipped because their pod is annotated shipper.io/exclude",
+            ["input"], registry=registry,
+        )
 
     def value(self, name: str, **labels: str) -> float:
         """A counter's total over all label values matching ``labels`` (0 when never counted)."""

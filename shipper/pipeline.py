@@ -32,7 +32,8 @@ from shipper.decode.docker import DockerDecoder
 from shipper.decode.flags import NO_NEWLINE
 from shipper.decode.multiline import MultilineDecoder, rule_for
 from shipper.filters import RecordFilter
-from shipper.kube.file_names import kubernetes_from_path
+from shipper.kube.enrich import file_kubernetes, refresh_pod_metadata
+from shipper.kube.pod_metadata import PodMetadataCache
 from shipper.metrics import HealthState, Metrics
 from shipper.parse.records import RecordBuilder
 from shipper.sinks import Sink
@@ -69,16 +70,19 @@ class Pipeline:
         one_shot: bool = False,
         persist_positions: bool = True,
         health: HealthState | None = None,
+        pod_metadata: PodMetadataCache | None = None,
     ) -> None:
         """``one_shot``: read every file from its start position to EOF once and return (the
         dry run); otherwise follow files until ``stop()``. ``persist_positions``: load and save
-        the positions file."""
+        the positions file. ``pod_metadata``: the cache records are enriched from (None: only
+        what the file name tells)."""
         self.config = config
         self.inputs = inputs
         self.metrics = metrics
         self.one_shot = one_shot
         self.persist_positions = persist_positions
         self.health = health or HealthState()
+        self.pod_metadata = pod_metadata
         self.files: dict[str, TailedFile] = {}  # by position_key
         # Bytes read and not yet durably checkpointed: unacknowledged, or acknowledged but not
         # yet in the positions file. A crash re-reads at most this much (plus split lines still
@@ -204,12 +208,10 @@ class Pipeline:
         if fmt == "auto":
             fmt = "docker" if first_byte == b"{" else "cri"
         decoder = (DockerDecoder if fmt == "docker" else CriDecoder)(self.config.max_record_bytes)
-        kubernetes = kubernetes_from_path(path)
+        kubernetes = file_kubernetes(path, self.config.node_name)
         multiline = rule_for(inp.config.multiline, kubernetes.get("container_name"))
         if multiline is not None:
             decoder = MultilineDecoder(decoder, multiline)
-        if self.config.node_name:
-            kubernetes["host"] = self.config.node_name
         tailed = TailedFile(
             path, target or os.path.realpath(path), fd, identity, key, inp, decoder, kubernetes,
             orjson.Fragment(orjson.dumps(kubernetes)), offset, None, time.monotonic(),
@@ -557,11 +559,19 @@ class Pipeline:
         """Build, filter and route the records of ``decoded``; open the ack range they close."""
         inp = tailed.input
         name = inp.config.name
+        pod_metadata = self.pod_metadata
+        if pod_metadata is not None and tailed.pod_metadata_version != pod_metadata.version:
+            refresh_pod_metadata(tailed, pod_metadata, self.config.node_name)
+        if tailed.excluded:  # annotated shipper.io/exclude: read and acknowledged, never shipped
+            self.metrics.kube_records_excluded.labels(input=name).inc(len(decoded))
+            decoded = []
         records: list[dict] = []
         offsets: list[int] = []
-        counts = inp.builder.build(decoded, tailed.kubernetes_json, records, offsets,
-                                   tailed.kubernetes.get("container_name"))
+        counts = (tailed.builder or inp.builder).build(decoded, tailed.kubernetes_json, records, offsets,
+                                                       tailed.kubernetes.get("container_name"))
         self.metrics.records.labels(input=name).inc(len(records))
+        if pod_metadata is not None and not tailed.pod_known:
+            self.metrics.kube_records_without_metadata.labels(input=name).inc(len(records))
         for reason, count in counts.flagged.items():
             self.metrics.flagged.labels(input=name, reason=reason).inc(count)
         if counts.json_merged:

@@ -34,6 +34,28 @@ def test_tailing_keys_have_defaults_and_are_read():
         False, 100, 1.0, 60.0)
 
 
+def test_kube_is_off_by_default_and_its_section_is_read():
+    assert parse_config(MINIMAL, "c.yaml").kube.enabled is False
+    text = MINIMAL + """
+node_name: node-a
+kube:
+  enabled: true
+  kubeconfig: /root/.kube/config
+  labels: false
+  annotations: {allow: ["prometheus.io/*"], deny: [prometheus.io/port]}
+  namespace_labels: true
+  de_dot: false
+  deleted_pod_grace_secs: 120
+"""
+    kube = parse_config(text, "c.yaml").kube
+
+    assert (kube.enabled, kube.kubeconfig) == (True, "/root/.kube/config")
+    metadata = kube.metadata
+    assert (metadata.labels, metadata.namespace_labels, metadata.de_dot) == (False, True, False)
+    assert (metadata.annotations_allow, metadata.annotations_deny) == (("prometheus.io/*",), ("prometheus.io/port",))
+    assert metadata.deleted_pod_grace_secs == 120.0
+
+
 def test_env_expansion_with_defaults_and_escapes():
     env = {"NODE": "node-1", "EMPTY": ""}
     text = "a: ${NODE}\nb: ${MISSING:-fallback}\nc: ${EMPTY:-used}\nd: $${NODE}"
@@ -67,6 +89,10 @@ def test_env_expansion_with_defaults_and_escapes():
         ("inputs: [\n", "c.yaml: invalid YAML: line 2, column 1"),
         ("node_name: ${NODE_NAME}\n" + MINIMAL, "c.yaml: line 1: environment variable NODE_NAME is not set"),
         ("- a list\n", "c.yaml: must be a mapping, got a list"),
+        (MINIMAL + "kube: {enabled: true}\n", "c.yaml: kube.enabled: needs node_name"),
+        (MINIMAL + "kube: {enable: true}\n", "c.yaml: kube.enable: unknown key (did you mean 'enabled'?)"),
+        (MINIMAL + "kube: {annotations: {allow: yes}}\n", "c.yaml: kube.annotations.allow: must be a list of strings"),
+        (MINIMAL + "kube: {deleted_pod_grace_secs: -1}\n", "c.yaml: kube.deleted_pod_grace_secs: must be at least 0"),
     ],
 )
 def test_errors_name_the_file_and_the_key(text, message):

@@ -50,6 +50,7 @@ class TailedFile:
         "path", "target", "fd", "identity", "key", "input", "decoder", "kubernetes", "kubernetes_json",
         "read_offset", "range_start", "acks", "last_data_at", "rotated", "predecessor", "at_eof", "deleted_at",
         "counted_checkpoint",
+        "pod_metadata_version", "pod_known", "excluded", "builder",
     )
 
     def __init__(self, path, target, fd, identity: FileIdentity, key, input, decoder, kubernetes, kubernetes_json,
@@ -72,6 +73,13 @@ class TailedFile:
         self.at_eof = False
         self.deleted_at: float | None = None  # when it was first seen deleted while held open
         self.counted_checkpoint = offset  # how much of acks.checkpoint the pipeline has accounted for
+        # Pod metadata (shipper.kube.enrich): the cache version last merged (-1: never), whether
+        # the pod was ever found, whether it is annotated not to be shipped, and the record
+        # builder its parser annotation selects (None: the input's).
+        self.pod_metadata_version = -1
+        self.pod_known = False
+        self.excluded = False
+        self.builder = None
 
     def read_lines(self, chunk_bytes: int, max_line_bytes: int, at_eof_take_rest: bool):
         """Read the next whole lines: ``(lines without newlines, start, end, unterminated)``,

@@ -700,6 +700,7 @@ class FakeKubeApi:
             if bookmarks and self._bookmark_interval is not None:
                 stream.next_bookmark = self._next_bookmark_time(stream, time.monotonic())
             state.watches.add(stream)
+            self._lock.notify_all()  # wakes wait_for_watches
             return stream
 
     def _next_watch_items(self, stream: _WatchStream) -> tuple[list[bytes | object], bool]:

@@ -27,7 +27,10 @@ FILE = "/var/log/containers/x.log"
     # With pod metadata: Promtail's order of app.kubernetes.io/name, app, controller, pod.
     ({"pod_name": "p-1", "labels": {"app.kubernetes.io/name": "shop", "app": "legacy"}}, "shop", {}),
     ({"pod_name": "p-1", "labels": {"app": "legacy"}}, "legacy", {}),
-    ({"pod_name": "p-7x2kq", "labels": {}, "controller_name": "orders-84c6d9f7b8"}, "orders", {}),
+    ({"pod_name": "p-7x2kq", "labels": {}, "owner_name": "orders-84c6d9f7b8"}, "orders", {}),
+    ({"pod_name": "p-7x2kq", "labels": {}, "owner_name": "orders"}, "orders", {}),  # the cache's Deployment
+    # The metadata cache de-dots label keys by default (kube.de_dot).
+    ({"pod_name": "p-1", "labels": {"app_kubernetes_io/name": "shop", "app": "legacy"}}, "shop", {}),
     ({"pod_name": "p-7x2kq", "labels": {}}, "p-7x2kq", {}),  # metadata known, no controller: the pod
     ({"pod_name": "p", "labels": {"app.kubernetes.io/instance": "blue", "app.kubernetes.io/component": "db"}},
      "p", {"instance": "blue", "component": "db"}),

@@ -7,7 +7,7 @@ controller name without its hash, the pod name) and ``job`` = ``<namespace>/<app
 ``cri`` stage adds ``stream`` and its file target ``filename``. The same names and values here
 keep dashboards and queries such as ``{container="etcd"} |= "compaction"`` working.
 
-Until pod metadata is known (``source.kubernetes`` without ``labels``/``controller_name``), the
+Until pod metadata is known (``source.kubernetes`` without ``labels``/``owner_name``), the
 controller name is read from the pod name the way Kubernetes builds it: a ReplicaSet, DaemonSet
 or Job pod is ``<controller>-<5 characters of Kubernetes' random alphabet>``.
 
@@ -66,19 +66,25 @@ class StreamLabels:
         self.text = "{" + ", ".join(f"{name}={go_quote(value)}" for name, value in self.pairs.items()) + "}"
 
 
+def _pod_label(pod_labels: dict, key: str) -> str | None:
+    """A pod label by its Kubernetes key, or as the metadata cache's de_dot wrote it."""
+    return pod_labels.get(key) or pod_labels.get(key.replace(".", "_"))
+
+
 def promtail_labels(kubernetes: dict, path: str) -> dict[str, str]:
     """The labels Promtail's Kubernetes defaults give a file's streams (without ``stream``)."""
     pod_labels = kubernetes.get("labels") or {}
     pod = kubernetes.get("pod_name") or ""
     namespace = kubernetes.get("namespace_name") or ""
-    controller = kubernetes.get("controller_name")
+    # The pod's owner from the metadata cache (a ReplicaSet already named by its Deployment).
+    controller = kubernetes.get("owner_name")
     if controller is None and "labels" not in kubernetes:
         generated = _GENERATED_SUFFIX.fullmatch(pod)
         controller = generated.group(1) if generated else ""
     if controller:
         match = _CONTROLLER.fullmatch(controller)
         controller = match.group(1) if match else controller
-    app = pod_labels.get("app.kubernetes.io/name") or pod_labels.get("app") or controller or pod
+    app = _pod_label(pod_labels, "app.kubernetes.io/name") or pod_labels.get("app") or controller or pod
     return {
         "namespace": namespace,
         "pod": pod,
@@ -86,8 +92,8 @@ def promtail_labels(kubernetes: dict, path: str) -> dict[str, str]:
         "app": app,
         "job": f"{namespace}/{app}" if namespace or app else "",
         "node_name": kubernetes.get("host") or "",
-        "instance": pod_labels.get("app.kubernetes.io/instance") or pod_labels.get("instance") or "",
-        "component": pod_labels.get("app.kubernetes.io/component") or pod_labels.get("component") or "",
+        "instance": _pod_label(pod_labels, "app.kubernetes.io/instance") or pod_labels.get("instance") or "",
+        "component": _pod_label(pod_labels, "app.kubernetes.io/component") or pod_labels.get("component") or "",
         "filename": path,
     }
 

@@ -1,7 +1,8 @@
 """CPU microseconds per line through RecordBuilder.build + orjson.dumps, per message kind.
 
 Decoded lines (as the CRI decoder hands them) of one kind at a time: plain text, app JSON,
-KubeArmor relay alerts, Falco events, and hostile JSON (a 1 MiB line, a deep object, an object
+KubeArmor relay alerts, Falco events, Java stack traces through the multiline joiner
+(per physical line), and hostile JSON (a 1 MiB line, a deep object, an object
 with too many fields). Target: the JSON kinds below 3 us/line on one core.
 
     python benchmarks/bench_parse.py [--lines 100000] [--repeat 5] [--target-us 3] [--gate]
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_pipeline import FALCO, KUBEARMOR, app_json, text_line  # noqa: E402
 
+from shipper.decode.multiline import PRESETS, MultilineJoiner, MultilineRule  # noqa: E402
 from shipper.parse.records import JsonOptions, RecordBuilder  # noqa: E402
 
 KUBE = orjson.Fragment(orjson.dumps({"pod_name": "p", "namespace_name": "ns", "container_name": "c"}))
@@ -38,6 +40,11 @@ def lines_of(kind: str, count: int) -> list[tuple]:
         messages = [KUBEARMOR] * count
     elif kind == "Falco":
         messages = [FALCO] * count
+    elif kind == "multiline":  # a logged error line, its exception, 18 frames; then again
+        trace = ["2026-11-20 10:00:00.123 ERROR 1 --- [main] c.e.Orders : cancel failed",
+                 "java.lang.IllegalStateException: Order 88412 cannot be cancelled"]
+        trace += [f"\tat com.example.orders.service.OrderService.step{i}(OrderService.java:{80 + i})" for i in range(18)]
+        messages = [trace[i % len(trace)] for i in range(count)]
     elif kind == "1 MiB JSON":
         messages = ['{"msg":"' + "x" * (1 << 20) + '"}'] * count
     elif kind == "too deep":
@@ -50,14 +57,20 @@ def lines_of(kind: str, count: int) -> list[tuple]:
     return [(i * 100, t, "stdout", m.encode(), 0) for i, m in enumerate(messages)]
 
 
-def measure(lines: list[tuple], repeat: int, batch: int = 1000) -> float:
+def measure(lines: list[tuple], repeat: int, batch: int = 1000, multiline: bool = False) -> float:
     builder, dumps, newline = RecordBuilder(JsonOptions()), orjson.dumps, orjson.OPT_APPEND_NEWLINE
     best = None
     for _ in range(repeat):
+        joiner = MultilineJoiner(MultilineRule(("*",), PRESETS["java"], starts=False)) if multiline else None
         cpu = time.process_time()
         for start in range(0, len(lines), batch):
             records, offsets = [], []
-            builder.build(lines[start:start + batch], KUBE, records, offsets)
+            decoded = lines[start:start + batch]
+            if joiner is not None:
+                grouped: list = []
+                joiner.feed(decoded, grouped)
+                decoded = grouped
+            builder.build(decoded, KUBE, records, offsets)
             b"".join([dumps(record, option=newline) for record in records])
         us = (time.process_time() - cpu) / len(lines) * 1e6
         best = us if best is None else min(best, us)
@@ -88,10 +101,10 @@ def main() -> int:
     args = parser.parse_args()
     failed = False
     for kind, count in [("text", args.lines), ("app JSON", args.lines), ("KubeArmor", args.lines),
-                        ("Falco", args.lines), ("1 MiB JSON", 20), ("too deep", args.lines // 10),
+                        ("Falco", args.lines), ("multiline", args.lines), ("1 MiB JSON", 20), ("too deep", args.lines // 10),
                         ("too many fields", 200)]:
         lines = lines_of(kind, count)
-        us = measure(lines, args.repeat)
+        us = measure(lines, args.repeat, multiline=kind == "multiline")
         base = floor(lines, args.repeat)
         gated = kind in ("app JSON", "KubeArmor", "Falco")
         note = ""

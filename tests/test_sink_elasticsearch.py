@@ -237,7 +237,9 @@ def test_mapping_conflicts_go_to_the_dead_letter_file_with_the_reason(tmp_path):
         handle.write(cri(DAY1, "stdout", "F", '{"status": "teapot", "msg": "conflict"}'))
         handle.write(cri(DAY1, "stdout", "F", '{"status": 204, "msg": "fine"}'))
     with ElasticsearchReceiver() as es:
-        pipeline, metrics = make(tmp_path, es.url, batch={"max_records": 1, "flush_secs": 0.02})
+        # One request at a time: which document sets the field type must not be a race.
+        pipeline, metrics = make(tmp_path, es.url, batch={"max_records": 1, "flush_secs": 0.02},
+                                 max_in_flight_requests=1)
         asyncio.run(ship(pipeline, lambda: acknowledged(pipeline, log)))
         assert sorted(doc["msg"] for doc in es.documents(INDEX1)) == ["fine", "ok"]
         (letter,) = [orjson.loads(line) for line in (tmp_path / "dead-letter-es.ndjson").read_bytes().splitlines()]
@@ -468,7 +470,7 @@ def test_refused_documents_wait_while_the_dead_letter_file_cannot_be_written(tmp
     blocker.write_text("")  # a file where the dead-letter directory should be
     with ElasticsearchReceiver() as es:
         pipeline, metrics = make(tmp_path, es.url, batch={"max_records": 1, "flush_secs": 0.02},
-                                 dead_letter_path=str(blocker / "dead.ndjson"))
+                                 dead_letter_path=str(blocker / "dead.ndjson"), max_in_flight_requests=1)
 
         async def scenario():
             task = asyncio.create_task(pipeline.run())

@@ -156,8 +156,9 @@ def test_a_pod_created_after_its_first_log_line_gets_metadata_once_the_watch_del
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("outage", ["stalled", "refusing"])
-def test_the_api_being_down_never_delays_records(tmp_path, outage):
+@pytest.mark.parametrize(("outage", "lines", "interval"), [("stalled", 120, 1.0), ("refusing", 20, 0.1)])
+def test_the_api_being_down_never_delays_records(tmp_path, outage, lines, interval):
+    """Two minutes of an API that hangs every request, and seconds of one refusing them."""
     cache = PodMetadataCache()
     sink = TimedSink()
     pipeline, metrics = follow_with(tmp_path, sink, cache)
@@ -168,7 +169,7 @@ def test_the_api_being_down_never_delays_records(tmp_path, outage):
     (tmp_path / "ca.pem").write_bytes(api.ca_pem)
     kubeconfig.write_text(api.write_kubeconfig().read_text().replace(str(api.ca_path), str(tmp_path / "ca.pem")))
     if outage == "stalled":
-        api.stall_next_request(60, times=100)  # every request hangs until the server stops
+        api.stall_next_request(600, times=100)  # every request hangs until the server stops
     else:
         api.stop()  # connections refused from the start
     watch = NodeMetadataWatch(api_client(str(kubeconfig)), NODE, cache, Metrics(),
@@ -178,10 +179,10 @@ def test_the_api_being_down_never_delays_records(tmp_path, outage):
     async def scenario():
         task = asyncio.create_task(pipeline.run())
         try:
-            for index in range(20):
+            for index in range(lines):
                 writer.line(f"line {index}")
-                await asyncio.sleep(0.1)
-            await wait_for(lambda: len(sink.records) == 20)
+                await asyncio.sleep(interval)
+            await wait_for(lambda: len(sink.records) == lines)
             assert not watch.pods.synced.is_set()  # the API never answered meanwhile
         finally:
             pipeline.stop()
@@ -195,7 +196,7 @@ def test_the_api_being_down_never_delays_records(tmp_path, outage):
 
     latencies = [arrived - written for arrived, written in zip(sink.arrived, writer.written)]
     assert max(latencies) < FLUSH_SECS / 2
-    assert metrics.value("shipper_kube_records_without_metadata_total") == 20
+    assert metrics.value("shipper_kube_records_without_metadata_total") == lines
 
 
 def test_an_excluded_pod_is_read_and_acknowledged_but_not_shipped(tmp_path):

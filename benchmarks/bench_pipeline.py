@@ -85,6 +85,7 @@ class NullSink:
     """Encodes every record as a sink would (NDJSON bytes), then drops it and acks."""
 
     name = "null"
+    buffered_bytes = 0  # acks at once: holds nothing
 
     def __init__(self) -> None:
         self.records = 0

@@ -1,6 +1,7 @@
 """Test doubles for the pipeline's edges: a sink that records what it got and acks on demand."""
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -84,6 +85,24 @@ async def run_until(pipeline: Pipeline, condition: Callable[[], bool], timeout: 
     finally:
         pipeline.stop()
         await task
+
+
+async def ship(pipeline: Pipeline, condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Run a following pipeline until ``condition()`` holds (or it ends), then stop it."""
+    task = asyncio.create_task(pipeline.run())
+    try:
+        await wait_for(lambda: condition() or task.done(), timeout)
+        if task.done():
+            task.result()
+    finally:
+        pipeline.stop()
+        await task
+
+
+def acknowledged(pipeline: Pipeline, path) -> bool:
+    """Every byte of the file at ``path`` is acknowledged by every sink."""
+    size = os.path.getsize(path)
+    return any(t.path == str(path) and t.acks.checkpoint == size for t in pipeline.files.values())
 
 
 async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:

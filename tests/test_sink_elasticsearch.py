@@ -15,7 +15,7 @@ from shipper.cli import build_sinks, samples_glob
 from shipper.config import load_config, parse_config
 from shipper.metrics import Metrics
 from shipper.pipeline import Input, Pipeline
-from tests.helpers import cri, wait_for
+from tests.helpers import acknowledged, cri, ship, wait_for
 from tests.receivers.elasticsearch import (
     ApiKeyAuth,
     BasicAuth,
@@ -64,22 +64,6 @@ def make(tmp_path, url: str, read: str = "", buffer: str = "", paths: list[str] 
 def write_lines(path, count: int, start: int = 0, time: str = DAY1) -> None:
     with open(path, "ab") as handle:
         handle.write(b"".join(cri(time, "stdout", "F", f"line {i}") for i in range(start, start + count)))
-
-
-async def ship(pipeline: Pipeline, condition, timeout: float = 20.0) -> None:
-    task = asyncio.create_task(pipeline.run())
-    try:
-        await wait_for(lambda: condition() or task.done(), timeout)
-        if task.done():
-            task.result()
-    finally:
-        pipeline.stop()
-        await task
-
-
-def acknowledged(pipeline: Pipeline, path) -> bool:
-    size = path.stat().st_size
-    return any(t.path == str(path) and t.acks.checkpoint == size for t in pipeline.files.values())
 
 
 def messages(es: ElasticsearchReceiver, index: str = INDEX1) -> list[str]:

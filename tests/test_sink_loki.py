@@ -16,7 +16,7 @@ from shipper.cli import build_sinks, samples_glob
 from shipper.config import ConfigError, load_config, parse_config
 from shipper.metrics import Metrics
 from shipper.pipeline import Input, Pipeline
-from tests.helpers import cri, wait_for
+from tests.helpers import acknowledged, cri, ship, wait_for
 from tests.receivers._tls import TLSFiles
 from tests.receivers.loki import Fault, LokiLimits, LokiReceiver
 
@@ -70,22 +70,6 @@ def write(path, lines: list[bytes], mode="ab") -> None:
 
 def numbered(count: int, start: int = 0, time: str = T, stream: str = "stdout") -> list[bytes]:
     return [cri(time, stream, "F", f"line {i}") for i in range(start, start + count)]
-
-
-async def ship(pipeline: Pipeline, condition, timeout: float = 20.0) -> None:
-    task = asyncio.create_task(pipeline.run())
-    try:
-        await wait_for(lambda: condition() or task.done(), timeout)
-        if task.done():
-            task.result()
-    finally:
-        pipeline.stop()
-        await task
-
-
-def acknowledged(pipeline: Pipeline, path) -> bool:
-    size = os.path.getsize(path)
-    return any(t.path == str(path) and t.acks.checkpoint == size for t in pipeline.files.values())
 
 
 def lines(loki: LokiReceiver, tenant: str = "fake", **selector) -> list[str]:

@@ -536,10 +536,14 @@ class Pipeline:
         self.metrics.truncations.inc()
         self._ship_decoded(tailed, tailed.decoder.partials.flush(), tailed.read_offset)
         self._release(tailed)
-        copy = find_copy(tailed.target, tailed.identity, tailed.read_offset)
-        if copy is not None:
-            self._open(tailed.input, tailed.path, open_path=copy, target=tailed.target, offset=tailed.read_offset,
+        copy = find_copy(tailed.target, tailed.identity)
+        if copy is not None and copy[1] > tailed.read_offset:
+            self._open(tailed.input, tailed.path, open_path=copy[0], target=tailed.target, offset=tailed.read_offset,
                        rotated=True)
+        elif copy is not None:
+            # Lines written after the copy were read from the original before the truncation:
+            # the copy holds nothing new.
+            log.info("%s: its copy %s holds no more than was read (%d bytes)", tailed.path, copy[0], tailed.read_offset)
         else:
             self._skip("truncated", "%s was truncated with no copy next to it (or a compressed one): anything it "
                        "held past offset %d was not read", tailed.path, tailed.read_offset)

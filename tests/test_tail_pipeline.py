@@ -1,7 +1,9 @@
 """Tailing real files through the whole pipeline: chunk boundaries, acks, restarts."""
 
 import asyncio
+import os
 import re
+import shutil
 
 import orjson
 import pytest
@@ -302,3 +304,29 @@ def test_a_file_truncated_in_place_is_read_again_from_its_start(tmp_path, after_
     # nothing was left unread, but with no copy next to it the shipper cannot know that
     assert metrics.value("shipper_files_skipped_total", reason="truncated") == 1
     assert checkpoint(tmp_path) == log.stat().st_size
+
+
+def test_a_copy_shorter_than_what_was_read_is_no_loss(tmp_path):
+    """copytruncate with lines written between the copy and the truncation, which the shipper
+    happened to read from the original: the copy holds nothing unread, so nothing is skipped."""
+    log = tmp_path / "app.log"
+    write(log, b"".join(cri(T, "stdout", "F", f"before {i}") for i in range(100)))
+    sink = CollectingSink()
+    config = make_config(tmp_path, [str(log)], poll_interval_secs=0.01)
+    pipeline, metrics = make_pipeline(config, [sink])
+
+    async def scenario():
+        task = asyncio.create_task(pipeline.run())
+        shutil.copyfile(log, tmp_path / "app.log.1")
+        write(log, cri(T, "stdout", "F", "after the copy"), mode="ab")
+        await wait_for(lambda: len(sink.records) >= 101)
+        os.truncate(log, 0)
+        write(log, cri("2026-11-20T11:00:00.5Z", "stdout", "F", "new content"), mode="ab")
+        await wait_for(lambda: len(sink.records) >= 102)
+        pipeline.stop()
+        await task
+
+    asyncio.run(scenario())
+    assert sink.messages == [f"before {i}" for i in range(100)] + ["after the copy", "new content"]
+    assert metrics.value("shipper_files_truncated_total") == 1
+    assert metrics.value("shipper_files_skipped_total", reason="truncated") == 0

@@ -46,16 +46,16 @@ def find_moved(path: str, identity: FileIdentity) -> str | None:
     return None
 
 
-def find_copy(path: str, identity: FileIdentity, min_size: int) -> str | None:
-    """copytruncate: the sibling copied from ``path`` before it was truncated. A different
-    inode with the same first line, at least as long as what was read from the original."""
+def find_copy(path: str, identity: FileIdentity) -> tuple[str, int] | None:
+    """copytruncate: the sibling copied from ``path`` before it was truncated (a different
+    inode with the same first line), and its size."""
     for candidate in siblings(path):
         if candidate.endswith(COMPRESSED_SUFFIX):
             continue
         try:
             stat = os.stat(candidate)
-            if stat.st_ino != identity.ino and stat.st_size >= min_size and _starts_with(candidate, identity):
-                return candidate
+            if stat.st_ino != identity.ino and _starts_with(candidate, identity):
+                return candidate, stat.st_size
         except OSError:
             continue
     return None

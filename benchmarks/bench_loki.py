@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_pipeline import write_corpus  # noqa: E402
 from shipper.config import Config, InputConfig, SinkConfig  # noqa: E402
+from shipper.malloc_tuning import tune_malloc  # noqa: E402
 from shipper.metrics import Metrics  # noqa: E402
 from shipper.parse.records import JsonOptions  # noqa: E402
 from shipper.pipeline import Input, Pipeline  # noqa: E402
@@ -100,6 +101,7 @@ def run_once(directory: str, url: str | None, encoding: str) -> tuple[int, float
 
 
 def main() -> int:
+    tune_malloc()  # as the shipper's process does at start
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--files", type=int, default=20)

@@ -1,6 +1,7 @@
 """CPU microseconds per line through RecordBuilder.build + orjson.dumps, per message kind.
 
-Decoded lines (as the CRI decoder hands them) of one kind at a time: plain text, app JSON,
+Decoded lines (as the CRI decoder hands them, one read chunk of 256 KiB at a time, with the
+process's malloc settings) of one kind at a time: plain text, app JSON,
 KubeArmor relay alerts, Falco events, Java stack traces through the multiline joiner
 (per physical line), and hostile JSON (a 1 MiB line, a deep object, an object
 with too many fields). Target: the JSON kinds below 3 us/line on one core.
@@ -25,7 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_pipeline import FALCO, KUBEARMOR, app_json, text_line  # noqa: E402
 
 from shipper.decode.multiline import PRESETS, MultilineJoiner, MultilineRule  # noqa: E402
+from shipper.malloc_tuning import tune_malloc  # noqa: E402
 from shipper.parse.records import JsonOptions, RecordBuilder  # noqa: E402
+from shipper.config import Config  # noqa: E402
 
 KUBE = orjson.Fragment(orjson.dumps({"pod_name": "p", "namespace_name": "ns", "container_name": "c"}))
 
@@ -57,15 +60,26 @@ def lines_of(kind: str, count: int) -> list[tuple]:
     return [(i * 100, t, "stdout", m.encode(), 0) for i, m in enumerate(messages)]
 
 
-def measure(lines: list[tuple], repeat: int, batch: int = 1000, multiline: bool = False) -> float:
+def chunks(lines: list[tuple], chunk_bytes: int = Config.read_chunk_bytes) -> list[list[tuple]]:
+    """The lines in the groups the pipeline builds at once: one read chunk's worth each."""
+    groups, group, size = [], [], 0
+    for line in lines:
+        group.append(line)
+        size += len(line[3]) + 50  # the CRI framing around the message
+        if size >= chunk_bytes:
+            groups.append(group)
+            group, size = [], 0
+    return groups + [group] if group else groups
+
+
+def measure(lines: list[tuple], repeat: int, multiline: bool = False) -> float:
     builder, dumps, newline = RecordBuilder(JsonOptions()), orjson.dumps, orjson.OPT_APPEND_NEWLINE
     best = None
     for _ in range(repeat):
         joiner = MultilineJoiner(MultilineRule(("*",), PRESETS["java"], starts=False)) if multiline else None
         cpu = time.process_time()
-        for start in range(0, len(lines), batch):
+        for decoded in chunks(lines):
             records, offsets = [], []
-            decoded = lines[start:start + batch]
             if joiner is not None:
                 grouped: list = []
                 joiner.feed(decoded, grouped)
@@ -93,6 +107,7 @@ def floor(lines: list[tuple], repeat: int) -> float:
 
 
 def main() -> int:
+    tune_malloc()  # as the shipper's process does at start
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=5)

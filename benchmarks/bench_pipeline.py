@@ -18,6 +18,7 @@ import time
 import orjson
 
 from shipper.config import Config, InputConfig, SinkConfig
+from shipper.malloc_tuning import tune_malloc
 from shipper.metrics import Metrics
 from shipper.pipeline import Input, Pipeline
 
@@ -123,6 +124,7 @@ def run_once(directory: str) -> tuple[int, float, float]:
 
 
 def main() -> int:
+    tune_malloc()  # as the shipper's process does at start
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lines", type=int, default=200_000)
     parser.add_argument("--files", type=int, default=20)

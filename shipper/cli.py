@@ -13,6 +13,7 @@ import orjson
 
 from shipper.config import Config, ConfigError, InputConfig, SinkConfig, load_config
 from shipper.kube.pod_metadata import PodMetadataCache
+from shipper.malloc_tuning import tune_malloc
 from shipper.metrics import HealthState, Metrics, serve_metrics
 from shipper.pipeline import Input, Pipeline
 from shipper.sinks import Sink
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = args.log_level or ("warning" if args.dry_run else "info")
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    tune_malloc()
     try:
         if args.command == "check-config":
             config = load_config(args.file)

@@ -17,7 +17,7 @@ import yaml
 from shipper.config_reader import ConfigError, ConfigReader, describe
 from shipper.decode.multiline import PRESETS, MultilineRule
 from shipper.kube.options import KubeOptions, read_kube_options
-from shipper.parse.records import RESERVED_KEYS, JsonOptions
+from shipper.parse.records import RESERVED_KEYS, JsonOptions, SecurityOptions
 from shipper.sinks.elasticsearch_options import read_elasticsearch_options
 from shipper.sinks.file_options import read_file_options
 from shipper.sinks.loki_options import read_loki_options
@@ -59,6 +59,7 @@ class InputConfig:
     exclude: tuple[str, ...] = ()
     format: str = "auto"
     json: JsonOptions = JsonOptions()
+    security: SecurityOptions = SecurityOptions()
     filters: tuple[FilterRule, ...] = ()
     multiline: tuple[MultilineRule, ...] = ()
 
@@ -229,7 +230,8 @@ class _Reader(ConfigReader):
         inputs = []
         for name, spec in value.items():
             path = f"inputs.{name}"
-            spec = self.mapping(spec, path, ("paths", "exclude", "format", "json", "filters", "multiline", "sinks"))
+            spec = self.mapping(spec, path, ("paths", "exclude", "format", "json", "security", "filters",
+                                                    "multiline", "sinks"))
             for required in ("paths", "sinks"):
                 if required not in spec:
                     raise self.fail(f"{path}.{required}", "is required")
@@ -247,6 +249,7 @@ class _Reader(ConfigReader):
                     exclude=self.strings(spec.get("exclude", []), f"{path}.exclude"),
                     format=self.string(spec.get("format", "auto"), f"{path}.format", FORMATS),
                     json=self.json(spec.get("json", {}), f"{path}.json"),
+                    security=self.security(spec.get("security", {}), f"{path}.security"),
                     filters=self.filters(spec.get("filters", []), f"{path}.filters"),
                     multiline=self.multiline(spec.get("multiline", []), f"{path}.multiline"),
                 )
@@ -254,14 +257,30 @@ class _Reader(ConfigReader):
         return tuple(inputs)
 
     def json(self, value: Any, path: str) -> JsonOptions:
-        spec = self.mapping(value, path, ("mode", "key", "keep_raw"))
+        spec = self.mapping(value, path, ("mode", "key", "keep_raw", "max_depth", "max_fields"))
         options = JsonOptions()
         mode = self.string(spec.get("mode", options.mode), f"{path}.mode", JSON_MODES)
         key = self.string(spec.get("key", options.key), f"{path}.key")
         if key in RESERVED_KEYS or not key:
             raise self.fail(f"{path}.key", f"'{key}' is one of the shipper's own keys ({', '.join(RESERVED_KEYS)})")
         keep_raw = self.boolean(spec.get("keep_raw", options.keep_raw), f"{path}.keep_raw")
-        return JsonOptions(mode=mode, key=key, keep_raw=keep_raw)
+        return JsonOptions(
+            mode=mode, key=key, keep_raw=keep_raw,
+            max_depth=self.number(spec.get("max_depth", options.max_depth), f"{path}.max_depth", int, 1),
+            max_fields=self.number(spec.get("max_fields", options.max_fields), f"{path}.max_fields", int, 1),
+        )
+
+    def security(self, value: Any, path: str) -> SecurityOptions:
+        spec = self.mapping(value, path, ("enabled", "event_time", "kubearmor_containers", "falco_containers"))
+        defaults = SecurityOptions()
+        return SecurityOptions(
+            enabled=self.boolean(spec.get("enabled", defaults.enabled), f"{path}.enabled"),
+            event_time=self.boolean(spec.get("event_time", defaults.event_time), f"{path}.event_time"),
+            kubearmor_containers=self.strings(spec.get("kubearmor_containers", list(defaults.kubearmor_containers)),
+                                              f"{path}.kubearmor_containers"),
+            falco_containers=self.strings(spec.get("falco_containers", list(defaults.falco_containers)),
+                                          f"{path}.falco_containers"),
+        )
 
     def multiline(self, value: Any, path: str) -> tuple[MultilineRule, ...]:
         if not isinstance(value, list):

@@ -57,7 +57,7 @@ class Input:
 
     @classmethod
     def from_config(cls, config: InputConfig, sinks: list[Sink]) -> "Input":
-        return cls(config, RecordBuilder(config.json), RecordFilter(config.filters) if config.filters else None, sinks)
+        return cls(config, RecordBuilder(config.json, config.security), RecordFilter(config.filters) if config.filters else None, sinks)
 
 
 class Pipeline:

@@ -67,6 +67,26 @@ def test_dry_run_with_a_path_reads_those_files(tmp_path):
     assert "dry run: 1 files, 2 lines" in result.stderr.decode()
 
 
+def dry_run_alerts(tmp_path, security: str) -> list[dict]:
+    config = tmp_path / "shipper.yaml"
+    config.write_text(f"inputs: {{relay: {{paths: ['{samples_glob()}'], sinks: [out], security: {security}}}}}\n"
+                      "sinks: {out: {type: stdout}}\n")
+    result = shipper("--dry-run", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    return [r for r in records if r["kubernetes"]["container_name"] == "kubearmor-relay" and "Severity" in r]
+
+
+def test_security_options_from_the_config_reach_the_records(tmp_path):
+    alerts = dry_run_alerts(tmp_path, "{event_time: true}")
+    assert alerts and all(type(r["Severity"]) is int for r in alerts)
+    # @timestamp is the alert's own UpdatedTime (to the millisecond), not the runtime's time
+    assert all(r["@timestamp"] == r["UpdatedTime"][:23] + "Z" for r in alerts)
+    # The relay's container no longer matches: its alerts are plain app JSON, Severity as written
+    alerts = dry_run_alerts(tmp_path, "{kubearmor_containers: ['my-relay*']}")
+    assert alerts and all(type(r["Severity"]) is str for r in alerts)
+
+
 def test_dry_run_with_a_bad_config_exits_2_without_a_traceback(tmp_path):
     config = tmp_path / "bad.yaml"
     config.write_text("inputs: {a: {paths: [x], sinks: [out], formt: cri}}\nsinks: {out: {type: stdout}}\n")

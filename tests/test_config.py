@@ -24,6 +24,19 @@ def test_minimal_config_gets_documented_defaults():
     assert config.read_from == "head" and config.max_record_bytes == 1 << 20
 
 
+def test_parsing_keys_have_defaults_and_are_read():
+    (inp,) = parse_config(MINIMAL, "c.yaml").inputs
+    assert (inp.json.max_depth, inp.json.max_fields) == (20, 1000)
+    assert (inp.security.enabled, inp.security.event_time) == (True, False)
+    assert (inp.security.kubearmor_containers, inp.security.falco_containers) == (("kubearmor*",), ("falco*",))
+    (inp,) = parse_config(MINIMAL.replace("sinks: [out]}", "sinks: [out], json: {max_depth: 5, max_fields: 50},"
+                                          " security: {event_time: true, kubearmor_containers: [relay*],"
+                                          " falco_containers: []}}"), "c.yaml").inputs
+    assert (inp.json.max_depth, inp.json.max_fields) == (5, 50)
+    assert inp.security.event_time and inp.security.kubearmor_containers == ("relay*",)
+    assert inp.security.falco_containers == ()
+
+
 def test_tailing_keys_have_defaults_and_are_read():
     config = parse_config(MINIMAL, "c.yaml")
     assert (config.inotify, config.max_open_files, config.rotate_wait_secs, config.max_deleted_hold_secs) == (
@@ -84,6 +97,12 @@ def test_env_expansion_with_defaults_and_escapes():
          "c.yaml: inputs.app.filters[0].drop.regex: invalid regular expression: missing ), unterminated subpattern"),
         (MINIMAL.replace("sinks: [out]}", "sinks: [out], json: {key: stream}}"),
          "c.yaml: inputs.app.json.key: 'stream' is one of the shipper's own keys"),
+        (MINIMAL.replace("sinks: [out]}", "sinks: [out], json: {max_depth: 0}}"),
+         "c.yaml: inputs.app.json.max_depth: must be at least 1, got 0"),
+        (MINIMAL.replace("sinks: [out]}", "sinks: [out], security: {kubearmor_container: [relay*]}}"),
+         "c.yaml: inputs.app.security.kubearmor_container: unknown key (did you mean 'kubearmor_containers'?)"),
+        (MINIMAL.replace("sinks: [out]}", "sinks: [out], security: {event_time: 'on'}}"),
+         "c.yaml: inputs.app.security.event_time: must be true or false, got a string"),
         (MINIMAL + "metrics: {listen: nowhere}\n", "c.yaml: metrics.listen: must be HOST:PORT, got 'nowhere'"),
         ("sinks:\n  out: {type: stdout}\n", "c.yaml: inputs: is required"),
         ("inputs: [\n", "c.yaml: invalid YAML: line 2, column 1"),

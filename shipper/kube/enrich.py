@@ -45,21 +45,22 @@ def refresh_pod_metadata(tailed, pod_metadata: PodMetadataCache, node_name: str)
         tailed.kubernetes_json = orjson.Fragment(orjson.dumps(kubernetes))
     tailed.pod_known = True
     tailed.excluded = found.excluded
-    tailed.builder = None if found.parser is None else parser_builder(tailed.input.config.json, found.parser)
+    tailed.builder = None if found.parser is None else parser_builder(tailed.input.config.json, tailed.input.config.security,
+                                                                   found.parser)
 
 
 @lru_cache(maxsize=64)
-def parser_builder(json: JsonOptions, parser: str) -> RecordBuilder:
-    """The record builder a ``shipper.io/parser`` annotation selects, from the input's JSON options:
+def parser_builder(json: JsonOptions, security: SecurityOptions, parser: str) -> RecordBuilder:
+    """The record builder a ``shipper.io/parser`` annotation selects, from the input's options:
 
     - ``json``: a message that is a JSON object is merged (``json.mode: top`` if the input had it off);
     - ``text``: messages are never parsed (no JSON merge, no KubeArmor/Falco recognition);
     - ``kubearmor`` / ``falco``: recognised by shape whatever the container is called.
     """
     if parser == "json":
-        return RecordBuilder(json if json.mode != "off" else replace(json, mode="top"))
+        return RecordBuilder(json if json.mode != "off" else replace(json, mode="top"), security)
     if parser == "text":
-        return RecordBuilder(replace(json, mode="off"), SecurityOptions(enabled=False))
+        return RecordBuilder(replace(json, mode="off"), replace(security, enabled=False))
     if parser == "kubearmor":
-        return RecordBuilder(json, SecurityOptions(kubearmor_containers=("*",), falco_containers=()))
-    return RecordBuilder(json, SecurityOptions(kubearmor_containers=(), falco_containers=("*",)))
+        return RecordBuilder(json, replace(security, enabled=True, kubearmor_containers=("*",), falco_containers=()))
+    return RecordBuilder(json, replace(security, enabled=True, kubearmor_containers=(), falco_containers=("*",)))

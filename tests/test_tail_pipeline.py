@@ -279,13 +279,18 @@ def test_read_from_tail_applies_only_to_files_present_at_the_first_start(tmp_pat
     assert sorted(sink.messages) == ["appended", "new file from its head"]
 
 
-@pytest.mark.parametrize("after_lines", [5, 300])  # shorter than before, and regrown past the old offset
-def test_a_file_truncated_in_place_is_read_again_from_its_start(tmp_path, after_lines):
+def hundred_lines_followed(tmp_path):
+    """app.log with 100 lines, and a pipeline (not started) that follows it into a sink."""
     log = tmp_path / "app.log"
     write(log, b"".join(cri(T, "stdout", "F", f"before {i}") for i in range(100)))
     sink = CollectingSink()
-    config = make_config(tmp_path, [str(log)], poll_interval_secs=0.01)
-    pipeline, metrics = make_pipeline(config, [sink])
+    pipeline, metrics = make_pipeline(make_config(tmp_path, [str(log)], poll_interval_secs=0.01), [sink])
+    return log, sink, pipeline, metrics
+
+
+@pytest.mark.parametrize("after_lines", [5, 300])  # shorter than before, and regrown past the old offset
+def test_a_file_truncated_in_place_is_read_again_from_its_start(tmp_path, after_lines):
+    log, sink, pipeline, metrics = hundred_lines_followed(tmp_path)
 
     async def scenario():
         task = asyncio.create_task(pipeline.run())
@@ -309,11 +314,7 @@ def test_a_file_truncated_in_place_is_read_again_from_its_start(tmp_path, after_
 def test_a_copy_shorter_than_what_was_read_is_no_loss(tmp_path):
     """copytruncate with lines written between the copy and the truncation, which the shipper
     happened to read from the original: the copy holds nothing unread, so nothing is skipped."""
-    log = tmp_path / "app.log"
-    write(log, b"".join(cri(T, "stdout", "F", f"before {i}") for i in range(100)))
-    sink = CollectingSink()
-    config = make_config(tmp_path, [str(log)], poll_interval_secs=0.01)
-    pipeline, metrics = make_pipeline(config, [sink])
+    log, sink, pipeline, metrics = hundred_lines_followed(tmp_path)
 
     async def scenario():
         task = asyncio.create_task(pipeline.run())

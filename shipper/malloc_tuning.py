@@ -5,9 +5,10 @@ above Python's small-object allocator) and a joined request body, all freed toge
 sent. With glibc's defaults the heap top above 128 KiB is handed back to the kernel on every
 such free, and the next chunk faults the same pages in again: measured at about 2 us per
 KubeArmor record and 1 us per line across the benchmark mix. Keeping up to
-``TRIM_THRESHOLD_BYTES`` of free heap, and serving blocks under ``MMAP_THRESHOLD_BYTES``
-(a whole request body) from the heap, makes the next chunk reuse warm memory. The bytes kept
-are bounded by the in-flight budget the pipeline already enforces, so peak RSS is unchanged.
+``TRIM_THRESHOLD_BYTES`` of free heap, and serving blocks under ``MMAP_THRESHOLD_BYTES`` from
+the heap, makes the next chunk reuse warm memory. 8 MiB is the smallest that kept the gain in
+``benchmarks/bench_pipeline.py`` (4 MiB did not); 16 MiB bought no more CPU and cost 6-17 MB
+more peak RSS in ``bench_es.py`` and ``es_outage.py``.
 
 ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_MMAP_THRESHOLD_`` in the environment win, as glibc
 documents; on a C library without ``mallopt`` (musl, macOS) nothing changes.
@@ -22,8 +23,8 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1  # glibc malloc.h
 M_MMAP_THRESHOLD = -3
-TRIM_THRESHOLD_BYTES = 16 << 20
-MMAP_THRESHOLD_BYTES = 4 << 20
+TRIM_THRESHOLD_BYTES = 8 << 20
+MMAP_THRESHOLD_BYTES = 1 << 20
 
 
 def tune_malloc() -> bool:

@@ -12,54 +12,23 @@ import pytest
 import yaml
 
 from shipper.cli import main
-from shipper.config import load_config
 from shipper.metrics import HealthState, Metrics, serve_metrics
+from tests.deploy_manifests import (
+    DAEMONSET_DIR,
+    OVERLAYS,
+    REPO,
+    built,
+    config_path,
+    container,
+    overlay_config,
+    overlay_dir,
+    pod_environment,
+)
 from tests.kube_models import ManifestError, check_fields, check_manifest, model_name
 from tests.kustomize_build import KustomizeError, build, referenced_files
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DAEMONSET_DIR = os.path.join(REPO, "deploy", "daemonset")
-OVERLAYS = ("elasticsearch", "loki", "both")
 # Measured (README, Benchmarks): the shipper's peak RSS in bench_es/bench_loki runs.
 MEASURED_PEAK_RSS = 115 * 10**6
-NODE = "node-1"
-
-
-def overlay_dir(overlay: str) -> str:
-    return os.path.join(DAEMONSET_DIR, "overlays", overlay)
-
-
-def config_path(overlay: str) -> str:
-    return os.path.join(overlay_dir(overlay), "shipper.yaml")
-
-
-def built(overlay: str, kind: str) -> dict:
-    (found,) = [document for document in build(overlay_dir(overlay)) if document["kind"] == kind]
-    return found
-
-
-def container(daemonset: dict) -> dict:
-    (shipper,) = daemonset["spec"]["template"]["spec"]["containers"]
-    return shipper
-
-
-def pod_environment(daemonset: dict) -> dict[str, str]:
-    """What the container's environment holds on a node, with stand-ins for the downward API
-    and for Secrets; an optional Secret key is taken as missing (its variable is then unset)."""
-    environ = {}
-    for variable in container(daemonset).get("env", []):
-        source = variable.get("valueFrom", {})
-        if "value" in variable:
-            environ[variable["name"]] = variable["value"]
-        elif source.get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
-            environ[variable["name"]] = NODE
-        elif "secretKeyRef" in source and not source["secretKeyRef"].get("optional", False):
-            environ[variable["name"]] = f"secret:{source['secretKeyRef']['name']}/{source['secretKeyRef']['key']}"
-    return environ
-
-
-def overlay_config(overlay: str):
-    return load_config(config_path(overlay), pod_environment(built(overlay, "DaemonSet")))
 
 
 def mounts(daemonset: dict) -> dict[str, tuple[dict, dict]]:

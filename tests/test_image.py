@@ -7,10 +7,7 @@ import os
 
 import pytest
 
-from tests.kustomize_build import build
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERLAYS = ("elasticsearch", "loki", "both")
+from tests.deploy_manifests import OVERLAYS, REPO, built, container
 
 
 def instructions() -> list[tuple[str, str]]:
@@ -66,10 +63,8 @@ def test_the_entrypoint_reads_the_mounted_config_map_and_serves_the_probed_port(
     (entrypoint,) = arguments("ENTRYPOINT")
     command = json.loads(entrypoint)  # exec form: the shipper is PID 1 and gets SIGTERM itself
     assert command[:3] == ["shipper", "run", "--config"]
-    documents = build(os.path.join(REPO, "deploy", "daemonset", "overlays", overlay))
-    (daemonset,) = [d for d in documents if d["kind"] == "DaemonSet"]
-    (config_map,) = [d for d in documents if d["kind"] == "ConfigMap"]
-    (shipper,) = daemonset["spec"]["template"]["spec"]["containers"]
+    daemonset, config_map = built(overlay, "DaemonSet"), built(overlay, "ConfigMap")
+    shipper = container(daemonset)
     assert "command" not in shipper and "args" not in shipper
     (volume,) = [v for v in daemonset["spec"]["template"]["spec"]["volumes"]
                  if v.get("configMap", {}).get("name") == config_map["metadata"]["name"]]

@@ -88,19 +88,40 @@ def test_the_committed_dashboards_are_what_the_script_generates_now():
 
 
 @pytest.fixture(scope="module")
-def logstash_fields(tmp_path_factory) -> dict[str, set[str]]:
-    """Field -> the types the fake Elasticsearch's dynamic mapping gave it across logstash-*."""
+def logstash(tmp_path_factory) -> dict[str, tuple[dict[str, str], list[dict]]]:
+    """Index -> (its dynamic mapping, its documents) in the fake Elasticsearch, for every index
+    of logstash-* after the elasticsearch overlay shipped the samples."""
     tmp_path = tmp_path_factory.mktemp("elasticsearch")
-    config = overlay_config("elasticsearch")
-    auth = config.sinks["elasticsearch"].options.delivery.auth
+    auth = overlay_config("elasticsearch").sinks["elasticsearch"].options.delivery.auth
     with ElasticsearchReceiver(version="8.19.0", auth=BasicAuth(auth.user, auth.password)) as es:
         ship_samples(overlay_config("elasticsearch", ES_URL=es.url), tmp_path)
-        fields = defaultdict(set)
-        for index in es.indices():
-            if fnmatch.fnmatch(index, "logstash-*"):
-                for field, kind in es.mapping(index).items():
-                    fields[field].add(kind)
+        return {index: (es.mapping(index), es.documents(index))
+                for index in es.indices() if fnmatch.fnmatch(index, "logstash-*")}
+
+
+@pytest.fixture(scope="module")
+def logstash_fields(logstash) -> dict[str, set[str]]:
+    """Field -> the types the dynamic mapping gave it across logstash-* (two: a Kibana conflict)."""
+    fields = defaultdict(set)
+    for mapping, _ in logstash.values():
+        for field, kind in mapping.items():
+            fields[field].add(kind)
     return dict(fields)
+
+
+def kql_matches(query: str, document: dict) -> bool:
+    """The KQL the saved objects use: clauses ``field : *`` (exists) or ``field : "value"``
+    joined by ``and``; anything else fails the test rather than be guessed."""
+    for clause in query.split(" and "):
+        field, separator, value = clause.partition(" : ")
+        if not separator or not re.fullmatch(r'\*|"[^"]*"', value.strip()):
+            raise AssertionError(f"KQL beyond this test's subset: {clause!r}")
+        actual = document
+        for part in field.strip().split("."):
+            actual = actual.get(part) if isinstance(actual, dict) else None
+        if actual is None or (value.strip() != "*" and actual != json.loads(value)):
+            return False
+    return True
 
 
 def kibana_fields(objects: list[dict]) -> dict[str, list[str]]:
@@ -130,6 +151,24 @@ def test_every_field_a_kibana_object_uses_exists_with_one_usable_type(name, logs
             assert len(logstash_fields.get(field, ())) == 1 and logstash_fields[field] != {"text"}, field
     for field in used["column"] + used["queried"]:
         assert len(logstash_fields.get(field, ())) == 1, f"{field}: {logstash_fields.get(field)}"
+
+
+@pytest.mark.parametrize(("name", "prefix", "search_field", "search_value"), [
+    ("kibana-kubearmor.ndjson", "kubearmor-relay-", "Action", "Block"),
+    ("kibana-falco.ndjson", "falco-", None, None),
+])
+def test_the_charts_count_the_sample_events_and_nothing_else(logstash, name, prefix, search_field, search_value):
+    documents = [document for _, stored in logstash.values() for document in stored]
+    events = [event for _, event in sample_json_lines(prefix)]
+    for saved in saved_objects(name):
+        source = saved["attributes"].get("kibanaSavedObjectMeta", {}).get("searchSourceJSON")
+        query = json.loads(source)["query"]["query"] if source else ""
+        if saved["type"] == "visualization":  # the relay's or Falco's own diagnostics are not events
+            assert sum(kql_matches(query, document) for document in documents) == len(events), saved["id"]
+        if saved["type"] == "search" and search_field:
+            found = [document for document in documents if kql_matches(query, document)]
+            assert len(found) == sum(event.get(search_field) == search_value for event in events) > 0
+            assert all(document[search_field] == search_value for document in found)
 
 
 def test_kubearmor_fields_have_the_types_their_charts_need(logstash_fields):

@@ -116,6 +116,7 @@ def dashboard(source: dict, panels: list[dict]) -> dict:
     for index, panel in enumerate(panels):
         wide = panel["type"] == "search"
         layout.append({"panelIndex": str(index + 1), "panelRefName": f"panel_{index}", "embeddableConfig": {},
+                       "type": panel["type"], "version": CORE_MIGRATION_VERSION,
                        "gridData": {"i": str(index + 1), "x": 0 if wide else 24 * (index % 2),
                                     "y": 15 * (index // 2), "w": 48 if wide else 24, "h": 15}})
     attributes = {"title": f"{source['title']} (shipper)", "description": "", "timeRestore": False,

@@ -35,7 +35,7 @@ from shipper.sinks.loki_rejections import find_rejections
 log = logging.getLogger("shipper.sinks.loki")
 
 _NO_STREAM = object()  # the stream key before a chunk's first record: unequal to every key
-# An entry's time (an int and its list slot, 40), its line's str header and slot (57) and its chunk's slot (8).
+# An entry's time (an int and its tuple slot, 40), its line's str header and slot (57) and its chunk's slot (8).
 _ENTRY_OBJECT_BYTES = 105
 _MESSAGE_MAX = 300  # characters of Loki's answer kept in a log line
 # Nanoseconds per unit of an n-digit fraction; longer fractions than 9 digits go the slow way.
@@ -102,7 +102,7 @@ class LokiSink:
         as_json = self.options.line_format == "json"
         per_record = labeler.per_record
         second_ns, scale, dumps = utc_second_ns, _FRACTION_SCALE, orjson.dumps
-        groups: dict = {}  # stream name (or StreamLabels with record labels) -> Entries
+        groups: dict = {}  # stream name (or StreamLabels with record labels) -> (labels, times, lines, metadata)
         metadata = ()
         last_key = _NO_STREAM
         append_time = append_line = append_metadata = None
@@ -128,10 +128,10 @@ class LokiSink:
                 group = groups.get(key)
                 if group is None:
                     labels = key if per_record else labeler.stream(streams, key)
-                    group = groups[key] = Entries(labels, [], [], [] if per_record else None, [])
-                append_time, append_line, last_key = group.times.append, group.lines.append, key
+                    group = groups[key] = (labels, [], [], [] if per_record else None)
+                append_time, append_line, last_key = group[1].append, group[2].append, key
                 if per_record:
-                    append_metadata = group.metadata.append
+                    append_metadata = group[3].append
             append_time(ts_ns)
             append_line(line)
             if per_record:
@@ -139,13 +139,14 @@ class LokiSink:
         # A push's size is its lines' (Promtail's batch size): the chunk's bytes as read stand for
         # its messages' share, with no per-line count; JSON lines are longer and are counted.
         batcher, total = self._batcher, len(records)
-        for group in groups.values():
-            start, end = 0, len(group.times)
-            group.chunks = [chunk] * end
+        for labels, times, lines, metadata in groups.values():
+            start, end = 0, len(times)
+            entries = Entries(labels, tuple(times), tuple(lines), None if metadata is None else tuple(metadata),
+                              (chunk,) * end)
             while start < end:
                 # Cut at the open batch's room so every push keeps to batch.max_records.
                 stop = min(end, start + batcher.room())
-                part = group if stop - start == end else group.part(start, stop)
+                part = entries if stop - start == end else entries.part(start, stop)
                 lines_size = (sum(map(len, part.lines)) if as_json
                               else ack_range.size * (stop - start) // total)
                 batcher.add(part, lines_size, stop - start)

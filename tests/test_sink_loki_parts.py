@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shipper.config import ConfigError, parse_config
-from shipper.sinks.loki_encoding import group_streams, json_body, protobuf_body, to_epoch_ns
+from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body, to_epoch_ns
 from shipper.sinks.loki_labels import StreamLabeler, StreamLabels, promtail_labels
 from shipper.sinks.loki_options import LokiOptions, unbounded_source
 from shipper.sinks.options import BatchOptions, DeliveryOptions
@@ -104,14 +104,16 @@ class Labels:
 
 def test_groups_of_one_stream_merge_in_time_order_keeping_read_order_for_equal_times():
     a, b = Labels('{a="1"}'), Labels('{a="2"}')
-    groups = [(a, [(3, "a3", (), 1), (1, "a1", (), 1)]), (b, [(2, "b2", (), 1)]), (a, [(1, "a1 again", (), 2)])]
-    assert [(labels.text, [line for _, line, _, _ in entries]) for labels, entries in group_streams(groups)] == [
-        ('{a="1"}', ["a1", "a1 again", "a3"]), ('{a="2"}', ["b2"])]
+    groups = [Entries.from_tuples(a, [(3, "a3", (), 1), (1, "a1", (("k", "v"),), 1)]),
+              Entries.from_tuples(b, [(2, "b2", (), 1)]), Entries.from_tuples(a, [(1, "a1 again", (), 2)])]
+    assert [(stream.labels.text, stream.tuples()) for stream in group_streams(groups)] == [
+        ('{a="1"}', [(1, "a1", (("k", "v"),), 1), (1, "a1 again", (), 2), (3, "a3", (), 1)]),
+        ('{a="2"}', [(2, "b2", (), 1)])]
 
 
 def test_push_bodies_carry_streams_entries_and_structured_metadata():
     entries = [(1795168800_123456789, "one", (), 1), (1795168801_000000000, "", (("k", "v"),), 1)]
-    streams = [(Labels('{app="x"}'), entries)]
+    streams = [Entries.from_tuples(Labels('{app="x"}'), entries)]
     compressed, raw = protobuf_body(streams)
     assert bytes(cramjam.snappy.decompress_raw(compressed)) == raw
     request = loki_push_pb2.PushRequest.FromString(raw)

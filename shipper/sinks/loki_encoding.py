@@ -1,8 +1,12 @@
 """Loki push bodies: entries grouped per stream, time-ordered, as protobuf+snappy or JSON.
 
-An entry is the tuple ``(ts_ns, line, metadata, chunk)`` (epoch nanoseconds, the line,
-structured metadata pairs, the number of the chunk it came from): one small tuple per record.
-The sink hands entries over in groups ``(labels, entries)``, one per chunk and stream.
+Entries are held as ``Entries``: one stream's times, lines, structured metadata and chunk
+numbers in parallel tuples, with no object per entry: a tuple per entry, made, unpacked, copied
+and sorted by key, cost 0.2 us per line of accepting and encoding. Tuples of numbers and strings,
+unlike lists, are untracked by the garbage collector after its first look, so the entries held in
+flight are not walked again by its older collections. The sink hands them over one ``Entries``
+per chunk and stream; the rare paths (a refusal, a split) take them apart as tuples
+``(ts_ns, line, metadata, chunk)``.
 
 Protobuf goes through the generated ``loki_push_pb2`` (upb, the C implementation): measured at
 0.87 us per entry including serialisation, the same as the best hand-written Python encoder
@@ -16,7 +20,7 @@ attempt and Loki drops the duplicates.
 """
 
 from datetime import datetime, timezone
-from operator import itemgetter
+from itertools import repeat
 
 import cramjam
 import orjson
@@ -27,7 +31,39 @@ _seconds_cache: dict[str, int | None] = {}
 # containerd's form, 'YYYY-MM-DDTHH:MM:SS' of a '...Z' time -> epoch ns: the sink's fast path.
 utc_second_ns: dict[str, int] = {}
 _MAX_CACHED_SECONDS = 100000
-_by_time = itemgetter(0)
+
+
+class Entries:
+    """Entries of one stream, in parallel tuples (``metadata`` is None when none has any)."""
+
+    __slots__ = ("labels", "times", "lines", "metadata", "chunks")
+
+    def __init__(self, labels, times: tuple[int, ...], lines: tuple[str, ...], metadata: tuple[tuple, ...] | None,
+                 chunks: tuple[int, ...]) -> None:
+        self.labels = labels
+        self.times = times  # epoch nanoseconds
+        self.lines = lines
+        self.metadata = metadata  # per entry, its structured metadata pairs
+        self.chunks = chunks  # per entry, the number of the chunk it came from
+
+    @classmethod
+    def from_tuples(cls, labels, entries: list[tuple]) -> "Entries":
+        """From ``(ts_ns, line, metadata, chunk)`` tuples."""
+        times, lines, metadata, chunks = zip(*entries) if entries else ((), (), (), ())
+        return cls(labels, times, lines, metadata if any(metadata) else None, chunks)
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def tuples(self) -> list[tuple]:
+        """Each entry as ``(ts_ns, line, metadata, chunk)``."""
+        metadata = repeat((), len(self.times)) if self.metadata is None else self.metadata
+        return list(zip(self.times, self.lines, metadata, self.chunks))
+
+    def part(self, start: int, stop: int) -> "Entries":
+        metadata = None if self.metadata is None else self.metadata[start:stop]
+        return Entries(self.labels, self.times[start:stop], self.lines[start:stop], metadata,
+                       self.chunks[start:stop])
 
 
 def epoch_seconds(second: str, zone: str) -> int | None:
@@ -68,47 +104,69 @@ def to_epoch_ns(time: str) -> int | None:
     return seconds * 1_000_000_000 + nanos
 
 
-def group_streams(groups: list[tuple]) -> list[tuple[object, list[tuple]]]:
-    """Groups ``(labels, entries)`` of the same stream merged, each stream's entries in time
-    order (stable: equal times keep read order)."""
-    streams: dict[str, tuple[object, list]] = {}
-    for labels, entries in groups:
-        stream = streams.get(labels.text)
-        if stream is None:
-            streams[labels.text] = (labels, list(entries))
+def group_streams(groups: list[Entries]) -> list[Entries]:
+    """Groups of the same stream merged, each stream's entries in time order (stable: equal
+    times keep read order)."""
+    by_stream: dict[str, list[Entries]] = {}
+    for group in groups:
+        by_stream.setdefault(group.labels.text, []).append(group)
+    streams = []
+    for parts in by_stream.values():
+        if len(parts) == 1:
+            stream = parts[0]
         else:
-            stream[1].extend(entries)
-    for _, stream_entries in streams.values():
-        stream_entries.sort(key=_by_time)  # linear when already ordered, as a file's lines are
-    return list(streams.values())
+            metadata = None if all(part.metadata is None for part in parts) else _joined(
+                part.metadata or ((),) * len(part) for part in parts)
+            stream = Entries(parts[0].labels, _joined(part.times for part in parts),
+                             _joined(part.lines for part in parts), metadata,
+                             _joined(part.chunks for part in parts))
+        times = stream.times
+        if sorted(times) != list(times):  # a file's lines are in time order but for clock steps
+            order = sorted(range(len(times)), key=times.__getitem__)
+            metadata = None if stream.metadata is None else tuple(map(stream.metadata.__getitem__, order))
+            stream = Entries(stream.labels, tuple(map(times.__getitem__, order)),
+                             tuple(map(stream.lines.__getitem__, order)), metadata,
+                             tuple(map(stream.chunks.__getitem__, order)))
+        streams.append(stream)
+    return streams
 
 
-def protobuf_body(streams: list[tuple[object, list[tuple]]]) -> tuple[bytes, bytes]:
+def _joined(columns) -> tuple:
+    joined = []
+    for column in columns:
+        joined += column  # a copy of pointers, where a tuple from chain() goes item by item
+    return tuple(joined)
+
+
+def protobuf_body(streams: list[Entries]) -> tuple[bytes, bytes]:
     """A ``logproto.PushRequest``, snappy block-compressed (unframed) as Promtail sends it, and
     its uncompressed bytes."""
     request = PushRequest()
     add_stream = request.streams.add
-    for labels, entries in streams:
-        add_entry = add_stream(labels=labels.text).entries.add
-        for ts_ns, line, metadata, _ in entries:
-            entry = add_entry(line=line)
+    for stream in streams:
+        add_entry = add_stream(labels=stream.labels.text).entries.add
+        metadata = repeat((), len(stream)) if stream.metadata is None else stream.metadata
+        for ts_ns, line, pairs in zip(stream.times, stream.lines, metadata):
+            entry = add_entry()
+            entry.line = line  # an attribute set, not a keyword: measured 0.06 us less per entry
             timestamp = entry.timestamp
             timestamp.seconds, timestamp.nanos = divmod(ts_ns, 1_000_000_000)
-            if metadata:
-                entry.structuredMetadata.extend(LabelPairAdapter(name=n, value=v) for n, v in metadata)
+            if pairs:
+                entry.structuredMetadata.extend(LabelPairAdapter(name=n, value=v) for n, v in pairs)
     raw = request.SerializeToString()
     return cramjam.snappy.compress_raw(raw).read(), raw
 
 
-def json_body(streams: list[tuple[object, list[tuple]]]) -> bytes:
+def json_body(streams: list[Entries]) -> bytes:
     """``{"streams":[{"stream":{...},"values":[["<ns>","<line>"(,{metadata})],...]}]}``."""
     return orjson.dumps({"streams": [
         {
-            "stream": labels.pairs,
+            "stream": stream.labels.pairs,
             "values": [
-                [str(ts_ns), line, dict(metadata)] if metadata else [str(ts_ns), line]
-                for ts_ns, line, metadata, _ in entries
+                [str(ts_ns), line, dict(pairs)] if pairs else [str(ts_ns), line]
+                for ts_ns, line, pairs in zip(stream.times, stream.lines,
+                                              repeat((), len(stream)) if stream.metadata is None else stream.metadata)
             ],
         }
-        for labels, entries in streams
+        for stream in streams
     ]})

@@ -3,6 +3,7 @@ the entries Loki wrote from the same push counted as delivered and never sent ag
 
 import asyncio
 
+import orjson
 import pytest
 
 from shipper.sinks.loki_rejections import find_rejections, split_messages
@@ -193,3 +194,27 @@ def test_an_unexplained_400_dead_letters_every_entry_rather_than_lose_one(tmp_pa
     assert lines(loki) == ["line 0"]
     assert sorted(refused(tmp_path)) == [("unexplained", "line 0"), ("unexplained", "old")]
     assert {letter["error"] for letter in dead_letters(tmp_path)} == {"a new wording of a refusal"}
+
+
+def test_refused_entries_wait_while_the_dead_letter_file_cannot_be_written(tmp_path):
+    log = pod_log(tmp_path)
+    write(log, numbered(1) + [cri(T, "stdout", "F", "x" * 101)])
+    blocker = tmp_path / "blocked"
+    blocker.write_text("")  # a file where the dead-letter directory should be
+    with LokiReceiver(clock_ns=fixed_clock, limits=LokiLimits(max_line_size_bytes=100)) as loki:
+        pipeline, metrics = make(tmp_path, loki.url, dead_letter_path=str(blocker / "dead.ndjson"))
+
+        async def scenario():
+            task = asyncio.create_task(pipeline.run())
+            await wait_for(lambda: lines(loki) == ["line 0"])
+            await asyncio.sleep(0.5)
+            assert not acknowledged(pipeline, log)  # the refused line holds the position
+            blocker.unlink()  # the operator frees the path
+            await wait_for(lambda: acknowledged(pipeline, log))
+            pipeline.stop()
+            await task
+
+        asyncio.run(scenario())
+    assert [letter["reason"] for letter in map(orjson.loads, (blocker / "dead.ndjson").read_bytes().splitlines())] == [
+        "line_too_long"]
+    assert dead_lettered(metrics, "line_too_long") == 1

@@ -234,15 +234,15 @@ class LokiSink:
                         self._settle(part)
                 return False
             if status == 400:
-                self._partly_refused(streams, text)
+                await self._partly_refused(streams, text)
                 return False
             log.error("%s: Loki refused the whole push with %d: %s; dead-lettering %d entries", self.name, status,
                       text[:_MESSAGE_MAX], _count(streams))
-            self._dead_letter([(stream.labels, entry, f"http_{status}", text) for stream in streams
-                               for entry in stream.tuples()], status)
+            await self._dead_letter([(stream.labels, entry, f"http_{status}", text) for stream in streams
+                                     for entry in stream.tuples()], status)
             return False
 
-    def _partly_refused(self, streams: list[Entries], text: str) -> None:
+    async def _partly_refused(self, streams: list[Entries], text: str) -> None:
         """A 400: Loki wrote the valid entries; dead-letter the ones its answer refuses."""
         pushed = [(stream.labels, stream.tuples()) for stream in streams]
         described = [
@@ -270,14 +270,17 @@ class LokiSink:
             log.error("%s: Loki's 400 names refusals this sink cannot trace (%s); dead-lettering every entry "
                       "not known to be written", self.name, "; ".join(rejections.unexplained)[:_MESSAGE_MAX])
         self._settle(delivered)
-        self._dead_letter(refused, 400)
+        await self._dead_letter(refused, 400)
 
     def _settle(self, streams: list[Entries]) -> None:
         self._delivered.inc(sum(map(len, streams)))
         self._done_chunks([chunk for stream in streams for chunk in stream.chunks])
 
-    def _dead_letter(self, refused: list[tuple], status: int) -> None:
-        """``refused``: ``(labels, entry, reason, Loki's message)``."""
+    async def _dead_letter(self, refused: list[tuple], status: int) -> None:
+        """``refused``: ``(labels, entry, reason, Loki's message)``. Settled only once written:
+        while the file cannot be written the entries stay unacknowledged (their positions
+        hold) and the write is tried again every ``retry.auth_backoff_secs``, as the
+        Elasticsearch sink keeps the documents it cannot dead-letter."""
         if not refused:
             return
         letters = []
@@ -289,18 +292,20 @@ class LokiSink:
                 letter["structured_metadata"] = dict(metadata)
             letters.append(letter)
             reasons[reason] = reasons.get(reason, 0) + 1
+        summary = ", ".join(f"{reason}={count}" for reason, count in sorted(reasons.items()))
+        delay = self._delivery.retry.auth_backoff_secs
+        while True:
+            try:
+                self._dead_letters.write(letters)
+                break
+            except OSError as error:
+                log.error("%s: cannot write dead-letter file %s (%s); keeping %d refused entries (%s), trying again "
+                          "in %.0fs", self.name, self._dead_letters.path, error.strerror, len(letters), summary, delay)
+                await asyncio.sleep(delay)
         for reason, count in reasons.items():
             self._rejected.labels(sink=self.name, reason=reason).inc(count)
-        summary = ", ".join(f"{reason}={count}" for reason, count in sorted(reasons.items()))
-        try:
-            self._dead_letters.write(letters)
-        except OSError as error:
-            # Nowhere to keep them: say so with what was lost rather than block the node.
-            log.error("%s: cannot write dead-letter file %s (%s); lost %d refused entries (%s)", self.name,
-                      self._dead_letters.path, error.strerror, len(letters), summary)
-        else:
-            log.warning("%s: Loki refused %d entries (%s); written to %s", self.name, len(letters), summary,
-                        self._dead_letters.path)
+        log.warning("%s: Loki refused %d entries (%s); written to %s", self.name, len(letters), summary,
+                    self._dead_letters.path)
         self._done_chunks([entry[3] for _, entry, _, _ in refused])
 
     def _done(self, chunk: int, count: int) -> None:

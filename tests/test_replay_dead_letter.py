@@ -14,10 +14,16 @@ from shipper.config import load_config
 from shipper.metrics import Metrics
 from shipper.pipeline import Input, Pipeline
 from shipper.sinks.delivery import DeadLetterFile
+from shipper.sinks.loki_labels import StreamLabels
+from shipper.sinks.replay_loki import parse_stream
 from tests.helpers import cri
 from tests.receivers.elasticsearch import DEFAULT_MAX_CONTENT_LENGTH, Delay, ElasticsearchReceiver, RejectRequest
+from tests.receivers.loki import Fault, LokiLimits, LokiReceiver
 from tests.test_sink_elasticsearch import DAY1, INDEX1
 from tests.test_sink_elasticsearch import sink_yaml as es_sink_yaml
+from tests.test_sink_loki import T, fixed_clock, lines, numbered, pod_log, write
+from tests.test_sink_loki import sink_yaml as loki_sink_yaml
+from tests.test_sink_loki_rejections import OLD
 
 SMALL_LIMIT = 4096  # http.max_content_length that refuses the long line below
 LONG = "x" * 6000
@@ -245,3 +251,102 @@ def test_a_missing_file_given_on_the_command_line_is_an_error(tmp_path, capsys):
     config = es_config(tmp_path, "http://127.0.0.1:9")
     assert replay(config, "--file", str(tmp_path / "nope.ndjson")) == 1
     assert "nope.ndjson: no such file" in capsys.readouterr().err
+
+
+# ---- Loki --------------------------------------------------------------------------------------
+
+
+def loki_config(tmp_path, url: str, **options) -> str:
+    return write_config(tmp_path, f"loki: {loki_sink_yaml(url, **options)}")
+
+
+def refused_by_loki(tmp_path, loki: LokiReceiver, data: list[bytes], **options) -> str:
+    """Ship ``data`` as one pod's log to ``loki`` under its current limits; returns the config."""
+    write(pod_log(tmp_path), data)
+    config = loki_config(tmp_path, loki.url, **options)
+    ship_once(config)
+    assert (tmp_path / "dead-letter-loki.ndjson").exists()
+    return config
+
+
+@pytest.mark.parametrize("encoding", ["protobuf", "json"])
+def test_loki_entries_land_once_in_their_stream_after_the_limit_is_raised(tmp_path, capsys, encoding):
+    long_line = "y" * 150
+    with LokiReceiver(clock_ns=fixed_clock, limits=LokiLimits(max_line_size_bytes=100)) as loki:
+        config = refused_by_loki(tmp_path, loki, numbered(1) + [cri(T, "stderr", "F", long_line)] + numbered(1, 1),
+                                 encoding=encoding)
+        dead_letter = tmp_path / "dead-letter-loki.ndjson"
+        (letter,) = letters(dead_letter)
+        assert letter["reason"] == "line_too_long"
+        loki.limits = LokiLimits()  # the operator raised max_line_size
+
+        assert replay(config, sink="loki") == 0
+        assert "1 delivered (0 already there), 0 refused again" in capsys.readouterr().out
+        (entry,) = [entry for entry in loki.entries() if entry.line == long_line]
+        assert entry.ts_ns == letter["ts_ns"]
+        assert entry.labels == lines_stream(loki, "line 0") | {"stream": "stderr"}
+        assert not dead_letter.exists() and one(f"{dead_letter}.replayed-*")
+
+        pushes = loki.stats.push_requests
+        assert replay(config, sink="loki") == 0
+        assert loki.stats.push_requests == pushes
+        assert sorted(lines(loki)) == sorted(["line 0", "line 1", long_line])
+
+
+def lines_stream(loki: LokiReceiver, line: str) -> dict:
+    (entry,) = [entry for entry in loki.entries() if entry.line == line]
+    return entry.labels
+
+
+def test_loki_structured_metadata_is_pushed_again_with_its_entry(tmp_path):
+    traced = '{"msg":"traced","trace_id":"abc"}'
+    with LokiReceiver(clock_ns=fixed_clock, limits=LokiLimits(allow_structured_metadata=False)) as loki:
+        config = refused_by_loki(tmp_path, loki, [cri(T, "stdout", "F", traced)],
+                                 structured_metadata={"trace_id": "trace_id"})
+        loki.limits = LokiLimits()
+        assert replay(config, sink="loki") == 0
+        (entry,) = loki.entries()
+        assert (entry.line, entry.structured_metadata) == (traced, {"trace_id": "abc"})
+
+
+def test_loki_entries_refused_again_go_to_the_refused_file_and_the_rest_is_delivered(tmp_path, capsys):
+    with LokiReceiver(clock_ns=fixed_clock, limits=LokiLimits(max_line_size_bytes=100)) as loki:
+        config = refused_by_loki(tmp_path, loki, [cri(OLD, "stdout", "F", "old"), cri(T, "stdout", "F", "z" * 150)])
+        dead_letter = tmp_path / "dead-letter-loki.ndjson"
+        assert sorted(letter["reason"] for letter in letters(dead_letter)) == ["line_too_long", "too_old"]
+        loki.limits = LokiLimits(max_line_size_bytes=1000)  # the size limit is raised; the old entry stays old
+
+        assert replay(config, sink="loki") == 1
+        (again,) = letters(one(f"{dead_letter}.refused-*"))
+        assert (again["reason"], again["status"], again["line"], again["sink"]) == ("too_old", 400, "old", "loki")
+        assert "has timestamp too old" in again["error"]
+        assert "1 delivered (0 already there), 1 refused again -> " in capsys.readouterr().out
+        assert lines(loki) == ["z" * 150]
+
+
+def test_loki_down_leaves_the_file_untouched_and_a_dry_run_sends_nothing(tmp_path, capsys):
+    with LokiReceiver(clock_ns=fixed_clock, limits=LokiLimits(max_line_size_bytes=100)) as loki:
+        config = refused_by_loki(tmp_path, loki, [cri(T, "stdout", "F", "z" * 150)] * 2 + numbered(1))
+        dead_letter = tmp_path / "dead-letter-loki.ndjson"
+        original = dead_letter.read_bytes()
+        stream = letters(dead_letter)[0]["stream"]
+        pushes = loki.stats.push_requests
+
+        assert replay(config, "--dry-run", sink="loki") == 0
+        assert f"2  {stream}  (was line_too_long)" in capsys.readouterr().out
+        assert loki.stats.push_requests == pushes
+
+        loki.inject_fault(Fault.UNAVAILABLE, count=5)
+        assert replay(config, sink="loki") == 1
+        assert "answered 503" in capsys.readouterr().err and loki.stats.push_requests == pushes + 5
+        loki.stop()
+        assert replay(config, sink="loki") == 1
+        assert "connection error pushing to" in capsys.readouterr().err
+        assert dead_letter.read_bytes() == original and not glob.glob(f"{dead_letter}.*")
+
+
+def test_a_label_set_is_read_back_from_the_text_the_sink_wrote():
+    pairs = {"app": 'say "hi"\\', "pod": "tab\there", "z": "ünï\x01"}
+    assert parse_stream(StreamLabels(pairs).text) == pairs
+    assert parse_stream('{a="1" b="2"}') is None
+    assert parse_stream("{}") is None

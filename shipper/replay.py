@@ -97,8 +97,9 @@ def replay_dead_letter(config: Config, name: str, path: str | None = None, dry_r
         print(f"error: cannot read {path}: {error.strerror}", file=sys.stderr)
         return EXIT_REFUSED
     letters, unreadable = read_letters(data, replay.letter_problem)
+    outcome = "would go to the refused file" if dry_run else "skipped into the refused file"
     for line in unreadable:
-        print(f"{path}:{line.number}: {line.problem}; skipped into the refused file", file=sys.stderr)
+        print(f"{path}:{line.number}: {line.problem}; {outcome}", file=sys.stderr)
     if dry_run:
         print_plan(path, name, sink.type, letters, unreadable, replay.letter_target)
         return 0
@@ -126,7 +127,12 @@ def replay_dead_letter(config: Config, name: str, path: str | None = None, dry_r
         finally:
             refused_file.close()
     replayed_path = f"{path}.replayed-{stamp}"
-    os.rename(path, replayed_path)
+    try:
+        os.rename(path, replayed_path)
+    except OSError as error:
+        print(f"error: cannot rename {path} to {replayed_path} ({error.strerror}); its letters were sent: move it "
+              "away by hand so that the next replay does not send them again", file=sys.stderr)
+        return EXIT_REFUSED
     moved_back = _move_back_later_letters(replayed_path, path, len(data))
     refused_text = f" -> {refused_path}" if tally.refused else ""
     print(f"{tally.delivered} delivered ({tally.already_there} already there), {len(tally.refused)} refused again"

@@ -1,4 +1,5 @@
-"""Command line: ``shipper run``, ``shipper --dry-run``, ``shipper check-config``."""
+"""Command line: ``shipper run``, ``shipper --dry-run``, ``shipper check-config``,
+``shipper replay-dead-letter``."""
 
 import argparse
 import asyncio
@@ -16,6 +17,7 @@ from shipper.kube.pod_metadata import PodMetadataCache
 from shipper.malloc_tuning import tune_malloc
 from shipper.metrics import HealthState, Metrics, serve_metrics
 from shipper.pipeline import Input, Pipeline
+from shipper.replay import replay_dead_letter
 from shipper.sinks import Sink
 from shipper.sinks.json_lines import JsonLinesSink
 from shipper.tail.positions import PositionsError
@@ -58,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", metavar="FILE", required=True, dest="run_config")
     check = commands.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("file", metavar="FILE")
+    replay = commands.add_parser("replay-dead-letter",
+                                 help="send a sink's dead letters again, once their cause is fixed")
+    replay.add_argument("--config", metavar="FILE", required=True, dest="replay_config")
+    replay.add_argument("--sink", metavar="NAME", required=True, help="the sink whose dead letters to send")
+    replay.add_argument("--file", metavar="PATH", dest="dead_letter_file",
+                        help="the dead-letter file to read (default: the sink's dead_letter_path)")
+    replay.add_argument("--dry-run", action="store_true", dest="replay_dry_run",
+                        help="print what would be sent (per index or stream, and reason); send nothing")
     return parser
 
 
@@ -72,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.file)
             print(f"{args.file}: ok ({len(config.inputs)} inputs, {len(config.sinks)} sinks)")
             return 0
+        if args.command == "replay-dead-letter":
+            return replay_dead_letter(load_config(args.replay_config), args.sink, args.dead_letter_file,
+                                      args.replay_dry_run)
         if args.command == "run":
             return run(load_config(args.run_config))
         if args.dry_run:

@@ -118,3 +118,14 @@ def test_dead_letters_are_appended_with_time_sink_and_reason(tmp_path):
     assert [(line["sink"], line["reason"], line["record"]) for line in lines] == [
         ("es", "document_parsing_exception", {"a": 1}), ("es", "other", {"b": 2})]
     assert all(line["time"].endswith("Z") for line in lines)
+
+
+def test_a_dead_letter_file_renamed_away_by_a_replay_is_started_anew_at_its_path(tmp_path):
+    path = tmp_path / "dead.ndjson"
+    letters = DeadLetterFile(str(path), "es")
+    letters.write([{"reason": "first"}])
+    path.rename(tmp_path / "dead.ndjson.replayed")
+    letters.write([{"reason": "second"}])
+    letters.close()
+    assert orjson.loads((tmp_path / "dead.ndjson.replayed").read_bytes())["reason"] == "first"
+    assert orjson.loads(path.read_bytes())["reason"] == "second"

@@ -75,6 +75,8 @@ class DeadLetterFile:
             for entry in entries
         )
         try:
+            if self._file is not None and self._moved():
+                self.close()  # a replay renamed the file: new letters go to a new file at the path
             if self._file is None:
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
                 self._file = open(self.path, "ab", buffering=0)  # unbuffered: no half-written rest
@@ -82,6 +84,15 @@ class DeadLetterFile:
         except OSError:
             self.close()  # opened again next time: the disk may have room then, the path may exist
             raise
+
+    def _moved(self) -> bool:
+        """Whether the path no longer names the open file (renamed away, or deleted)."""
+        try:
+            named = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        opened = os.fstat(self._file.fileno())
+        return (named.st_dev, named.st_ino) != (opened.st_dev, opened.st_ino)
 
     def close(self) -> None:
         if self._file is not None:

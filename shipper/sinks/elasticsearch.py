@@ -37,9 +37,9 @@ log = logging.getLogger("shipper.sinks.elasticsearch")
 SUPPORTED_MAJORS = (8, 9)
 # Keep per-item status and error only: successful items shrink to {"status":201}, and the
 # items still line up with the actions (filtering out "status" too would drop them).
-_FILTER_PATH = {"filter_path": "errors,items.*.error,items.*.status"}
-_ALL_SUCCEEDED = b'{"errors":false'  # how an answer under _FILTER_PATH starts when no item failed
-_DISCOVERY_HEADERS = {"accept": "application/vnd.elasticsearch+json; compatible-with=8"}
+FILTER_PATH = {"filter_path": "errors,items.*.error,items.*.status"}
+_ALL_SUCCEEDED = b'{"errors":false'  # how an answer under FILTER_PATH starts when no item failed
+DISCOVERY_HEADERS = {"accept": "application/vnd.elasticsearch+json; compatible-with=8"}
 
 
 class ElasticsearchSink:
@@ -69,7 +69,7 @@ class ElasticsearchSink:
     async def start(self) -> None:
         if not self._delivery.tls.verify:
             log.warning("%s: TLS certificate verification is off (tls.verify: false)", self.name)
-        self._client = AsyncElasticsearch(list(self._delivery.endpoints), **_client_options(self.options))
+        self._client = AsyncElasticsearch(list(self._delivery.endpoints), **client_options(self.options))
         self._batcher.start()
 
     async def drain(self) -> None:
@@ -145,17 +145,17 @@ class ElasticsearchSink:
             started = time.monotonic()
             try:
                 response = await self._client.perform_request(
-                    "POST", "/_bulk", params=_FILTER_PATH, headers=headers, body=batch.body
+                    "POST", "/_bulk", params=FILTER_PATH, headers=headers, body=batch.body
                 )
             except ApiError as error:
                 self._observe(started, f"http_{error.meta.status}")
                 batch, delay = await self._request_failed(batch, error, backoff)
             except TransportError as error:
-                reason = _transport_reason(error)
+                reason = transport_reason(error)
                 self._observe(started, reason)
                 self._retries.labels(sink=self.name, reason=reason).inc()
                 log.warning("%s: %s on _bulk (%s); retrying %d documents", self.name, reason,
-                            _transport_error_text(error), batch.documents)
+                            transport_error_text(error), batch.documents)
                 delay = self._slow_delay if isinstance(error, TlsError) else backoff.next_delay()
             else:
                 self._observe(started, "ok")
@@ -173,7 +173,7 @@ class ElasticsearchSink:
                               backoff: Backoff) -> tuple["_Batch | None", float]:
         """After a non-2xx answer: what to send again (or None) and after how long. Async
         because a 413 sends the halves before returning."""
-        status, error_type = error.meta.status, _body_error(error).get("type")
+        status, error_type = error.meta.status, body_error(error).get("type")
         self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
         if status == 413:
             # Too large for http.max_content_length: halves until each fits or is one document.
@@ -187,31 +187,31 @@ class ElasticsearchSink:
                                                   "reason": "document exceeds http.max_content_length"}}
             return (None, 0) if self._dead_letter(singles, [too_large]) else (batch, self._slow_delay)
         if status == 429 or status >= 500 or status == 408:
-            log.warning("%s: _bulk answered %d (%s); retrying %d documents", self.name, status, _error_text(error),
+            log.warning("%s: _bulk answered %d (%s); retrying %d documents", self.name, status, error_text(error),
                         batch.documents)
             return batch, backoff.next_delay()
         if status == 406 or error_type == "media_type_header_exception":
             # The node answering now speaks another major than the one GET / found (a rolling
             # upgrade, a replaced node): ask again.
             log.warning("%s: _bulk refused the compatibility headers (%s); asking GET / again", self.name,
-                        _error_text(error))
+                        error_text(error))
             self._headers = None
             return batch, backoff.next_delay()
         if status in (401, 403):
             log.error("%s: Elasticsearch refused the credentials (HTTP %d: %s); %d documents wait, retrying in %.0fs",
-                      self.name, status, _error_text(error), batch.documents, self._slow_delay)
+                      self.name, status, error_text(error), batch.documents, self._slow_delay)
             return batch, self._slow_delay
-        if status == 400 and _body_error(error):
+        if status == 400 and body_error(error):
             # Elasticsearch refused the request itself; sending it again cannot change that.
             log.error("%s: _bulk refused the whole request with 400: %s; dead-lettering %d documents",
-                      self.name, _error_text(error), batch.documents)
-            refusal = {"status": status, "error": _body_error(error)}
+                      self.name, error_text(error), batch.documents)
+            refusal = {"status": status, "error": body_error(error)}
             if self._dead_letter(batch.singles(), [refusal] * batch.documents):
                 return None, 0
             return batch, self._slow_delay
         # Not an Elasticsearch answer (a proxy's 404 or 405, a wrong path): keep the documents.
         log.error("%s: _bulk answered %d (%s), not Elasticsearch's answer; %d documents wait, retrying in %.0fs",
-                  self.name, status, _error_text(error), batch.documents, self._slow_delay)
+                  self.name, status, error_text(error), batch.documents, self._slow_delay)
         return batch, self._slow_delay
 
     def _answered(self, batch: "_Batch", answer: dict, backoff: Backoff) -> tuple["_Batch | None", float]:
@@ -244,7 +244,7 @@ class ElasticsearchSink:
                 # index template, auto-create off) need an operator; no status: a mangled answer.
                 retry.append(single)
                 slow |= status in (401, 403, 404)
-                reason = _error_type(outcome)
+                reason = outcome_reason(outcome)
                 retry_reasons[reason] = retry_reasons.get(reason, 0) + 1
         self._delivered.inc(delivered)
         if replayed:
@@ -269,7 +269,7 @@ class ElasticsearchSink:
             error = outcome.get("error") or {}
             target = orjson.loads(action)["create"]
             entries.append({
-                "reason": _error_type(outcome), "status": outcome.get("status"), "error": error.get("reason", ""),
+                "reason": outcome_reason(outcome), "status": outcome.get("status"), "error": error.get("reason", ""),
                 "index": target["_index"], "id": target["_id"], "record": orjson.Fragment(document),
             })
         try:
@@ -295,7 +295,7 @@ class ElasticsearchSink:
             if self._headers is not None:
                 return self._headers
             try:
-                info = await self._client.perform_request("GET", "/", headers=_DISCOVERY_HEADERS)
+                info = await self._client.perform_request("GET", "/", headers=DISCOVERY_HEADERS)
                 number = str(info.body["version"]["number"])
                 major = int(number.split(".")[0])
             except (KeyError, TypeError, ValueError):
@@ -305,20 +305,20 @@ class ElasticsearchSink:
             except ApiError as error:
                 status = error.meta.status
                 slow = status in (401, 403)
-                log.error("%s: GET / answered %d (%s); retrying%s", self.name, status, _error_text(error),
+                log.error("%s: GET / answered %d (%s); retrying%s", self.name, status, error_text(error),
                           f" in {self._delivery.retry.auth_backoff_secs:.0f}s" if slow else "")
                 self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
                 raise _NotReady(self._delivery.retry.auth_backoff_secs if slow else None) from None
             except TlsError as error:
                 # A certificate that does not verify will not start verifying by itself.
                 log.error("%s: TLS with Elasticsearch failed (%s); retrying in %.0fs", self.name,
-                          _transport_error_text(error), self._delivery.retry.auth_backoff_secs)
+                          transport_error_text(error), self._delivery.retry.auth_backoff_secs)
                 self._retries.labels(sink=self.name, reason="tls").inc()
                 raise _NotReady(self._delivery.retry.auth_backoff_secs) from None
             except TransportError as error:
-                reason = _transport_reason(error)
+                reason = transport_reason(error)
                 log.warning("%s: cannot reach Elasticsearch (%s: %s); retrying", self.name, reason,
-                            _transport_error_text(error))
+                            transport_error_text(error))
                 self._retries.labels(sink=self.name, reason=reason).inc()
                 raise _NotReady(None) from None
             if major not in SUPPORTED_MAJORS:
@@ -326,10 +326,7 @@ class ElasticsearchSink:
                           " and ".join(map(str, SUPPORTED_MAJORS)))
                 raise _NotReady(self._delivery.retry.auth_backoff_secs)
             log.info("%s: Elasticsearch %s", self.name, number)
-            self._headers = {
-                "accept": f"application/vnd.elasticsearch+json; compatible-with={major}",
-                "content-type": f"application/vnd.elasticsearch+x-ndjson; compatible-with={major}",
-            }
+            self._headers = bulk_headers(major)
             return self._headers
 
     def _observe(self, started: float, outcome: str) -> None:
@@ -414,14 +411,14 @@ def _file_id(node_name: str, identity_key: str) -> bytes:
     return base64.urlsafe_b64encode(digest)
 
 
-def _error_type(outcome: dict) -> str:
+def outcome_reason(outcome: dict) -> str:
     error = outcome.get("error")
     if isinstance(error, dict) and error.get("type"):
         return str(error["type"])
     return f"http_{outcome.get('status')}"
 
 
-def _transport_reason(error: TransportError) -> str:
+def transport_reason(error: TransportError) -> str:
     if isinstance(error, TlsError):
         return "tls"
     if isinstance(error, ConnectionTimeout):
@@ -429,25 +426,33 @@ def _transport_reason(error: TransportError) -> str:
     return "connection" if isinstance(error, TransportConnectionError) else "transport"
 
 
-def _body_error(error: ApiError) -> dict:
+def body_error(error: ApiError) -> dict:
     """Elasticsearch's ``{"error": {"type", "reason", ...}}``, or {} when the body is not one."""
     body = error.body
     return body["error"] if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
 
 
-def _transport_error_text(error: Exception) -> str:
+def transport_error_text(error: Exception) -> str:
     """The transport's own message: its str() is only the kind ("TLS error")."""
     return str(getattr(error, "message", "") or error)
 
 
-def _error_text(error: ApiError) -> str:
-    body_error = _body_error(error)
-    if body_error:
-        return f"{body_error.get('type')}: {body_error.get('reason')}"
+def bulk_headers(major: int) -> dict[str, str]:
+    """The REST compatibility headers for ``_bulk`` on a cluster of this major version."""
+    return {
+        "accept": f"application/vnd.elasticsearch+json; compatible-with={major}",
+        "content-type": f"application/vnd.elasticsearch+x-ndjson; compatible-with={major}",
+    }
+
+
+def error_text(error: ApiError) -> str:
+    refusal = body_error(error)
+    if refusal:
+        return f"{refusal.get('type')}: {refusal.get('reason')}"
     return str(error.body)[:200] if error.body else error.message
 
 
-def _client_options(options: ElasticsearchOptions) -> dict:
+def client_options(options: ElasticsearchOptions) -> dict:
     delivery = options.delivery
     auth, tls = delivery.auth, delivery.tls
     client: dict = {

@@ -25,7 +25,7 @@ import httpx
 from shipper.replay import NotAttempted, Tally
 from shipper.sinks.delivery import Backoff
 from shipper.sinks.loki import _headers, _push_url, _tls_context
-from shipper.sinks.loki_encoding import group_streams, json_body, protobuf_body
+from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body
 from shipper.sinks.loki_labels import StreamLabels
 from shipper.sinks.loki_options import LokiOptions
 from shipper.sinks.loki_rejections import find_rejections
@@ -132,7 +132,7 @@ class _Replay:
 
     async def push(self, batch: list[tuple]) -> None:
         """Settle every entry of ``batch`` (``(labels, entry)`` pairs), or raise ``NotAttempted``."""
-        streams = group_streams([(labels, [entry]) for labels, entry in batch])
+        streams = group_streams([Entries.from_tuples(labels, [entry]) for labels, entry in batch])
         if self._options.encoding == "json":
             body = json_body(streams)
             if self._options.delivery.compression == "gzip":
@@ -179,9 +179,10 @@ class _Replay:
         await self.push(batch[:half])
         await self.push(batch[half:])
 
-    def _partly_refused(self, streams: list[tuple], text: str) -> None:
+    def _partly_refused(self, pushed: list[Entries], text: str) -> None:
         """A 400: Loki wrote the valid entries; refuse again the ones its answer refuses, and
         every entry when it names a refusal that cannot be traced (as the sink does)."""
+        streams = [(stream.labels, stream.tuples()) for stream in pushed]
         described = [
             (labels.text, [(ts_ns, len(line.encode()), sum(len(n.encode()) + len(v.encode()) for n, v in metadata),
                             len(metadata)) for ts_ns, line, metadata, _ in entries])

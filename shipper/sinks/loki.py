@@ -30,7 +30,7 @@ from shipper.sinks.delivery import Backoff, Batcher, DeadLetterFile, PendingAck
 from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body, to_epoch_ns, utc_second_ns
 from shipper.sinks.loki_labels import StreamLabeler
 from shipper.sinks.loki_options import PUSH_PATH, LokiOptions
-from shipper.sinks.loki_rejections import find_rejections
+from shipper.sinks.loki_rejections import refusals_in_push
 
 log = logging.getLogger("shipper.sinks.loki")
 
@@ -245,12 +245,7 @@ class LokiSink:
     async def _partly_refused(self, streams: list[Entries], text: str) -> None:
         """A 400: Loki wrote the valid entries; dead-letter the ones its answer refuses."""
         pushed = [(stream.labels, stream.tuples()) for stream in streams]
-        described = [
-            (labels.text, [(ts_ns, len(line.encode()), sum(len(n.encode()) + len(v.encode()) for n, v in metadata),
-                            len(metadata)) for ts_ns, line, metadata, _ in entries])
-            for labels, entries in pushed
-        ]
-        rejections = find_rejections(text, described)
+        rejections = refusals_in_push(text, pushed)
         refused, delivered = [], []
         for index, (labels, entries) in enumerate(pushed):
             stream_refusals = rejections.refused.get(index, {})

@@ -76,6 +76,16 @@ def split_messages(body: str) -> list[tuple[int, str]]:
     return messages
 
 
+def refusals_in_push(body: str, pushed: list[tuple]) -> Rejections:
+    """Loki's 400 ``body`` traced to ``pushed``: per stream as pushed, its labels and its
+    entries as ``(ts_ns, line, metadata pairs, _)`` tuples."""
+    return find_rejections(body, [
+        (labels.text, [(ts_ns, len(line.encode()), sum(len(n.encode()) + len(v.encode()) for n, v in metadata),
+                        len(metadata)) for ts_ns, line, metadata, _ in entries])
+        for labels, entries in pushed
+    ])
+
+
 def find_rejections(body: str, streams: list[tuple[str, list[tuple[int, int, int, int]]]]) -> Rejections:
     """``streams``: per pushed stream, its label text and its entries in push order as
     ``(ts_ns, line bytes, metadata bytes, metadata pairs)``."""

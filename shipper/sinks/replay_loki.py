@@ -28,7 +28,7 @@ from shipper.sinks.loki import _headers, _push_url, _tls_context
 from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body
 from shipper.sinks.loki_labels import StreamLabels
 from shipper.sinks.loki_options import LokiOptions
-from shipper.sinks.loki_rejections import find_rejections
+from shipper.sinks.loki_rejections import refusals_in_push
 
 ATTEMPTS = 5
 _MESSAGE_MAX = 300  # characters of Loki's answer kept in a message
@@ -183,12 +183,7 @@ class _Replay:
         """A 400: Loki wrote the valid entries; refuse again the ones its answer refuses, and
         every entry when it names a refusal that cannot be traced (as the sink does)."""
         streams = [(stream.labels, stream.tuples()) for stream in pushed]
-        described = [
-            (labels.text, [(ts_ns, len(line.encode()), sum(len(n.encode()) + len(v.encode()) for n, v in metadata),
-                            len(metadata)) for ts_ns, line, metadata, _ in entries])
-            for labels, entries in streams
-        ]
-        rejections = find_rejections(text, described)
+        rejections = refusals_in_push(text, streams)
         unexplained = "; ".join(rejections.unexplained)
         for index, (_, entries) in enumerate(streams):
             refusals = rejections.refused.get(index, {})

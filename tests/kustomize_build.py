@@ -78,7 +78,7 @@ def _build(directory: str, expected: tuple[str, str], objects: list[dict] | None
         if set(patch) != {"path"}:
             raise KustomizeError(f"{directory}: only patches given by path are modelled, got {patch}")
         for document in _documents(os.path.join(directory, patch["path"])):
-            _apply_patch(objects, document, patch["path"])
+            apply_patch(objects, document, patch["path"])
     if "namespace" in kustomization:
         _set_namespace(objects, kustomization["namespace"])
     return objects
@@ -115,7 +115,7 @@ def _identity(document: dict) -> tuple:
     return document.get("apiVersion"), document.get("kind"), document.get("metadata", {}).get("name")
 
 
-def _apply_patch(objects: list[dict], patch: dict, source: str) -> None:
+def apply_patch(objects: list[dict], patch: dict, source: str) -> None:
     targets = [i for i, document in enumerate(objects) if _identity(document) == _identity(patch)]
     if len(targets) != 1:
         raise KustomizeError(f"{source}: patch for {_identity(patch)} matches {len(targets)} objects")
@@ -132,14 +132,14 @@ def _merge(original: object, patch: object, key: str = "") -> object:
         return merged
     if isinstance(original, list) and isinstance(patch, list) and key in MERGE_KEYS:
         merge_key = MERGE_KEYS[key]
-        merged = copy.deepcopy(original)
+        merged, added = copy.deepcopy(original), []
         for item in patch:
             index = next((i for i, old in enumerate(merged) if old.get(merge_key) == item.get(merge_key)), None)
             if index is None:
-                merged.append(copy.deepcopy(item))
+                added.append(copy.deepcopy(item))
             else:
                 merged[index] = _merge(merged[index], item)
-        return merged
+        return added + merged  # kustomize puts the patch's new items first
     return copy.deepcopy(patch)
 
 

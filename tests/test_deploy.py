@@ -4,6 +4,8 @@ configuration each overlay mounts (paths, ports, grace period, permissions)."""
 import glob
 import os
 import re
+import shutil
+import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -79,6 +81,28 @@ def test_each_overlay_builds_objects_the_api_accepts(overlay):
     assert sorted(document["kind"] for document in documents) == sorted([
         "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "DaemonSet", "ConfigMap",
     ])  # and no Secret: credentials are referenced, never committed
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its kustomize) is not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_test_build_is_what_kubectl_kustomize_builds(overlay):
+    """The tests' kustomize stands in for the real one: where kubectl is at hand, the two must
+    print the same objects (but for the hash kustomize appends to the generated ConfigMap)."""
+    real = subprocess.run(["kubectl", "kustomize", overlay_dir(overlay)], capture_output=True, text=True, check=True)
+
+    def normalised(documents) -> str:
+        text = yaml.safe_dump(sorted(documents, key=lambda d: (d["kind"], d["metadata"]["name"])), sort_keys=True)
+        return re.sub(r"shipper-config-[a-z0-9]{10}\b", "shipper-config", text)
+
+    assert normalised(build(overlay_dir(overlay))) == normalised(yaml.safe_load_all(real.stdout))
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_environment_variable_has_one_source(overlay):
+    """The API refuses an env entry with both ``value`` and ``valueFrom`` (as a positional patch
+    gone astray would leave it)."""
+    for variable in container(built(overlay, "DaemonSet"))["env"]:
+        assert ("value" in variable) != ("valueFrom" in variable), f"{overlay}: {variable}"
 
 
 def test_the_validator_refuses_what_the_api_would_refuse():

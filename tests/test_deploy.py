@@ -15,6 +15,7 @@ import yaml
 
 from shipper.cli import main
 from shipper.metrics import HealthState, Metrics, serve_metrics
+from shipper.tail.files import matching_paths
 from tests.deploy_manifests import (
     DAEMONSET_DIR,
     OVERLAYS,
@@ -29,7 +30,7 @@ from tests.deploy_manifests import (
 from tests.kube_models import ManifestError, check_fields, check_manifest, model_name
 from tests.kustomize_build import KustomizeError, build, referenced_files
 
-# Measured (README, Benchmarks): the shipper's peak RSS in bench_es/bench_loki runs.
+# Measured (README, Benchmarks): the highest peak RSS of the benchmarks, bench_es's 92-115 MB.
 MEASURED_PEAK_RSS = 115 * 10**6
 
 
@@ -261,3 +262,15 @@ def test_the_memory_limit_holds_the_measured_peak_and_every_sinks_buffer(overlay
     assert "cpu" not in resources["limits"]  # throttling would delay probes and shipping, not save anything
     assert quantity_bytes(resources["requests"]["memory"]) <= limit
     assert limit > MEASURED_PEAK_RSS + len(config.sinks) * config.max_in_flight_bytes
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_shipper_does_not_ship_its_own_logs(overlay, tmp_path):
+    """Its pod's log (``<pod>_<namespace>_<container>-<id>.log``) is excluded, other pods' are not."""
+    daemonset, namespace = built(overlay, "DaemonSet"), built(overlay, "Namespace")["metadata"]["name"]
+    own = tmp_path / f"{daemonset['metadata']['name']}-x7k2p_{namespace}_{container(daemonset)['name']}-{'ab' * 32}.log"
+    other = tmp_path / f"web-7d9f8b6c5-x2x4z_shop_web-{'cd' * 32}.log"
+    own.touch()
+    other.touch()
+    for inp in overlay_config(overlay).inputs:
+        assert matching_paths((str(tmp_path / "*.log"),), inp.exclude) == [str(other)]

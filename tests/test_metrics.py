@@ -1,6 +1,7 @@
 """The Prometheus endpoint and the health probes, over real HTTP."""
 
 import asyncio
+import os
 
 import httpx
 
@@ -37,3 +38,12 @@ def test_metrics_and_probes_over_http(tmp_path):
 def test_liveness_fails_when_the_loop_stops_beating():
     health = HealthState(stall_secs=0.0)
     assert not health.alive()
+
+
+def test_every_metric_is_documented_in_the_readme():
+    """Operators alert on what the README lists: a metric it does not name cannot be found."""
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    names = {metric.name for metric in Metrics().registry.collect()}
+    assert len(names) > 20
+    undocumented = {name for name in names if name not in readme}
+    assert undocumented == set(), f"metrics the README does not name: {sorted(undocumented)}"

@@ -56,9 +56,9 @@ class Backoff:
 class DeadLetterFile:
     """Records a destination refused for good, one JSON object per line, with the reason.
 
-    Written before the records are acknowledged; a write that fails raises and the sink keeps
-    the records, so a refused record is either here or will be sent again: never silently
-    gone.
+    Written before the records are acknowledged (``write_held``): while the file cannot be
+    written the records stay unacknowledged, so a refused record is either here or will be read
+    again: never silently gone.
     """
 
     def __init__(self, path: str, sink_name: str) -> None:
@@ -84,6 +84,19 @@ class DeadLetterFile:
         except OSError:
             self.close()  # opened again next time: the disk may have room then, the path may exist
             raise
+
+    async def write_held(self, entries: list[dict], retry_secs: float) -> None:
+        """``write``, tried again every ``retry_secs`` while it fails (a full disk, a path that
+        is not a directory): the caller acknowledges the records only once this returns, so
+        their positions hold meanwhile."""
+        while True:
+            try:
+                self.write(entries)
+                return
+            except OSError as error:
+                log.error("%s: cannot write dead-letter file %s (%s); keeping %d refused records, trying again "
+                          "in %.0fs", self.sink_name, self.path, error.strerror, len(entries), retry_secs)
+                await asyncio.sleep(retry_secs)
 
     def _moved(self) -> bool:
         """Whether the path no longer names the open file (renamed away, or deleted)."""

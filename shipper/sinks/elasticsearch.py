@@ -160,7 +160,7 @@ class ElasticsearchSink:
             else:
                 self._observe(started, "ok")
                 self._sent_bytes.inc(len(batch.body))
-                batch, delay = self._answered(batch, response.body, backoff)
+                batch, delay = await self._answered(batch, response.body, backoff)
             if batch is not None:
                 await asyncio.sleep(delay)
 
@@ -185,7 +185,8 @@ class ElasticsearchSink:
                 return None, 0
             too_large = {"status": 413, "error": {"type": "request_entity_too_large",
                                                   "reason": "document exceeds http.max_content_length"}}
-            return (None, 0) if self._dead_letter(singles, [too_large]) else (batch, self._slow_delay)
+            await self._dead_letter(singles, [too_large])
+            return None, 0
         if status == 429 or status >= 500 or status == 408:
             log.warning("%s: _bulk answered %d (%s); retrying %d documents", self.name, status, error_text(error),
                         batch.documents)
@@ -206,16 +207,16 @@ class ElasticsearchSink:
             log.error("%s: _bulk refused the whole request with 400: %s; dead-lettering %d documents",
                       self.name, error_text(error), batch.documents)
             refusal = {"status": status, "error": body_error(error)}
-            if self._dead_letter(batch.singles(), [refusal] * batch.documents):
-                return None, 0
-            return batch, self._slow_delay
+            await self._dead_letter(batch.singles(), [refusal] * batch.documents)
+            return None, 0
         # Not an Elasticsearch answer (a proxy's 404 or 405, a wrong path): keep the documents.
         log.error("%s: _bulk answered %d (%s), not Elasticsearch's answer; %d documents wait, retrying in %.0fs",
                   self.name, status, error_text(error), batch.documents, self._slow_delay)
         return batch, self._slow_delay
 
-    def _answered(self, batch: "_Batch", answer: dict, backoff: Backoff) -> tuple["_Batch | None", float]:
-        """Settle each document by its per-item status: what to send again and after how long."""
+    async def _answered(self, batch: "_Batch", answer: dict, backoff: Backoff) -> tuple["_Batch | None", float]:
+        """Settle each document by its per-item status: what to send again and after how long.
+        Async because refused documents are settled only once the dead-letter file took them."""
         if not answer.get("errors"):
             self._delivered.inc(batch.documents)
             for count, pending in batch.owners:
@@ -249,21 +250,19 @@ class ElasticsearchSink:
         self._delivered.inc(delivered)
         if replayed:
             self._replayed.inc(replayed)
-        if refused and not self._dead_letter(refused, refusals):
-            retry.extend(refused)
-            slow = True
+        if refused:
+            await self._dead_letter(refused, refusals)
         for reason, count in retry_reasons.items():
             self._retries.labels(sink=self.name, reason=reason).inc(count)
         if not retry:
             return None, 0
         if slow:
             log.error("%s: %d documents wait for an operator (%s); retrying in %.0fs", self.name, len(retry),
-                      ", ".join(sorted(retry_reasons)) or "dead-letter file unwritable", self._slow_delay)
+                      ", ".join(sorted(retry_reasons)), self._slow_delay)
         return _Batch.of_singles(retry), self._slow_delay if slow else backoff.next_delay()
 
-    def _dead_letter(self, singles: list[tuple], outcomes: list[dict]) -> bool:
-        """Write refused documents to the dead-letter file and settle them; False (nothing
-        settled) when the file cannot be written, so they are kept and tried again."""
+    async def _dead_letter(self, singles: list[tuple], outcomes: list[dict]) -> None:
+        """Write refused documents to the dead-letter file, then settle them."""
         entries = []
         for (action, document, _), outcome in zip(singles, outcomes):
             error = outcome.get("error") or {}
@@ -272,19 +271,13 @@ class ElasticsearchSink:
                 "reason": outcome_reason(outcome), "status": outcome.get("status"), "error": error.get("reason", ""),
                 "index": target["_index"], "id": target["_id"], "record": orjson.Fragment(document),
             })
-        try:
-            self._dead_letters.write(entries)
-        except OSError as error:
-            log.error("%s: cannot write dead-letter file %s (%s); keeping %d refused documents and trying again",
-                      self.name, self._dead_letters.path, error.strerror, len(entries))
-            return False
+        await self._dead_letters.write_held(entries, self._slow_delay)
         for entry in entries:
             self._rejected.labels(sink=self.name, reason=entry["reason"]).inc()
         log.warning("%s: %d documents refused (%s); written to %s", self.name, len(entries),
                     ", ".join(sorted({e["reason"] for e in entries})), self._dead_letters.path)
         for _, _, pending in singles:
             pending.done(1)
-        return True
 
     async def _discover(self) -> dict[str, str]:
         """The compatibility headers for the cluster's major version, from ``GET /``; raises

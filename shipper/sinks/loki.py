@@ -272,10 +272,7 @@ class LokiSink:
         self._done_chunks([chunk for stream in streams for chunk in stream.chunks])
 
     async def _dead_letter(self, refused: list[tuple], status: int) -> None:
-        """``refused``: ``(labels, entry, reason, Loki's message)``. Settled only once written:
-        while the file cannot be written the entries stay unacknowledged (their positions
-        hold) and the write is tried again every ``retry.auth_backoff_secs``, as the
-        Elasticsearch sink keeps the documents it cannot dead-letter."""
+        """``refused``: ``(labels, entry, reason, Loki's message)``; settled once written."""
         if not refused:
             return
         letters = []
@@ -288,15 +285,7 @@ class LokiSink:
             letters.append(letter)
             reasons[reason] = reasons.get(reason, 0) + 1
         summary = ", ".join(f"{reason}={count}" for reason, count in sorted(reasons.items()))
-        delay = self._delivery.retry.auth_backoff_secs
-        while True:
-            try:
-                self._dead_letters.write(letters)
-                break
-            except OSError as error:
-                log.error("%s: cannot write dead-letter file %s (%s); keeping %d refused entries (%s), trying again "
-                          "in %.0fs", self.name, self._dead_letters.path, error.strerror, len(letters), summary, delay)
-                await asyncio.sleep(delay)
+        await self._dead_letters.write_held(letters, self._delivery.retry.auth_backoff_secs)
         for reason, count in reasons.items():
             self._rejected.labels(sink=self.name, reason=reason).inc(count)
         log.warning("%s: Loki refused %d entries (%s); written to %s", self.name, len(letters), summary,

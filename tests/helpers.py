@@ -214,3 +214,21 @@ async def follow_while_writing(pipeline: Pipeline, writers: list, done: Callable
     finally:
         pipeline.stop()
         await task
+
+
+def held_until_dead_letters_can_be_written(pipeline: Pipeline, log, blocker, delivered: Callable[[], bool]) -> None:
+    """Run ``pipeline`` while ``blocker`` (a file where the dead-letter directory should be)
+    keeps the dead-letter file from being written: once the accepted records are ``delivered``
+    the refused one holds ``log``'s position; removing ``blocker`` lets it be written and acked."""
+
+    async def scenario():
+        task = asyncio.create_task(pipeline.run())
+        await wait_for(delivered)
+        await asyncio.sleep(0.5)
+        assert not acknowledged(pipeline, log)  # the refused line holds the position
+        os.unlink(blocker)  # the operator frees the path
+        await wait_for(lambda: acknowledged(pipeline, log))
+        pipeline.stop()
+        await task
+
+    asyncio.run(scenario())

@@ -15,7 +15,7 @@ from shipper.cli import build_sinks, samples_glob
 from shipper.config import load_config, parse_config
 from shipper.metrics import Metrics
 from shipper.pipeline import Input, Pipeline
-from tests.helpers import acknowledged, cri, ship, wait_for
+from tests.helpers import acknowledged, cri, held_until_dead_letters_can_be_written, ship, wait_for
 from tests.receivers.elasticsearch import (
     ApiKeyAuth,
     BasicAuth,
@@ -455,18 +455,7 @@ def test_refused_documents_wait_while_the_dead_letter_file_cannot_be_written(tmp
     with ElasticsearchReceiver() as es:
         pipeline, metrics = make(tmp_path, es.url, batch={"max_records": 1, "flush_secs": 0.02},
                                  dead_letter_path=str(blocker / "dead.ndjson"), max_in_flight_requests=1)
-
-        async def scenario():
-            task = asyncio.create_task(pipeline.run())
-            await wait_for(lambda: es.count() == 1)
-            await asyncio.sleep(0.5)
-            assert not acknowledged(pipeline, log)  # the refused line holds the position
-            blocker.unlink()  # the operator frees the path
-            await wait_for(lambda: acknowledged(pipeline, log))
-            pipeline.stop()
-            await task
-
-        asyncio.run(scenario())
+        held_until_dead_letters_can_be_written(pipeline, log, blocker, lambda: es.count() == 1)
         (letter,) = [orjson.loads(line) for line in (blocker / "dead.ndjson").read_bytes().splitlines()]
         assert letter["record"]["n"] == "one"
         assert metrics.value("shipper_sink_records_dead_lettered_total", sink="es") == 1

@@ -7,9 +7,9 @@ import orjson
 import pytest
 
 from shipper.sinks.loki_rejections import find_rejections, split_messages
-from tests.helpers import cri, wait_for
+from tests.helpers import cri, held_until_dead_letters_can_be_written, wait_for
 from tests.receivers.loki import LokiLimits, LokiReceiver
-from tests.test_sink_loki import T, acknowledged, dead_letters, fixed_clock, lines, make, numbered, pod_log, ship, write
+from tests.test_sink_loki import T, acknowledged, dead_letters, fixed_clock, lines, make, numbered, pod_log, write
 
 OLD = "2026-11-01T10:00:00.5Z"  # older than Loki's 7 days at the receiver's clock
 FUTURE = "2026-11-20T13:00:00.5Z"  # more than 10 minutes after the receiver's clock
@@ -203,18 +203,7 @@ def test_refused_entries_wait_while_the_dead_letter_file_cannot_be_written(tmp_p
     blocker.write_text("")  # a file where the dead-letter directory should be
     with LokiReceiver(clock_ns=fixed_clock, limits=LokiLimits(max_line_size_bytes=100)) as loki:
         pipeline, metrics = make(tmp_path, loki.url, dead_letter_path=str(blocker / "dead.ndjson"))
-
-        async def scenario():
-            task = asyncio.create_task(pipeline.run())
-            await wait_for(lambda: lines(loki) == ["line 0"])
-            await asyncio.sleep(0.5)
-            assert not acknowledged(pipeline, log)  # the refused line holds the position
-            blocker.unlink()  # the operator frees the path
-            await wait_for(lambda: acknowledged(pipeline, log))
-            pipeline.stop()
-            await task
-
-        asyncio.run(scenario())
+        held_until_dead_letters_can_be_written(pipeline, log, blocker, lambda: lines(loki) == ["line 0"])
     assert [letter["reason"] for letter in map(orjson.loads, (blocker / "dead.ndjson").read_bytes().splitlines())] == [
         "line_too_long"]
     assert dead_lettered(metrics, "line_too_long") == 1

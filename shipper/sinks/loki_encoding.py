@@ -19,7 +19,7 @@ offset) to the nanosecond, so a replay after a crash sends entries identical to 
 attempt and Loki drops the duplicates.
 """
 
-from datetime import datetime, timezone
+from datetime import datetime
 from itertools import repeat
 
 import cramjam

@@ -18,7 +18,8 @@ from collections.abc import Awaitable, Callable
 import orjson
 
 from shipper.acks import AckRange
-from shipper.sinks.options import BatchOptions
+from shipper.metrics import Metrics
+from shipper.sinks.options import BatchOptions, DeliveryOptions
 
 log = logging.getLogger("shipper.sinks")
 
@@ -191,3 +192,52 @@ class Batcher:
             finally:
                 self._on_bytes(-size)
                 self._queue.task_done()
+
+
+class BatchingSink:
+    """What a network sink shares around its ``Batcher``: the lifecycle, the dead-letter file,
+    the bytes it holds and the sink metrics. A subclass encodes in ``accept``, delivers a batch
+    in ``_send`` and owns its client (``_open_client`` / ``_close_client``)."""
+
+    def __init__(self, name: str, delivery: DeliveryOptions, metrics: Metrics) -> None:
+        self.name = name
+        self._delivery = delivery
+        self._dead_letters = DeadLetterFile(delivery.dead_letter_path, name)
+        self._batcher = Batcher(delivery.batch, delivery.max_in_flight_requests, self._send, self._count_bytes)
+        self.buffered_bytes = 0  # what accepted, undelivered records hold encoded (Sink.buffered_bytes)
+        self._delivered = metrics.sink_records.labels(sink=name)
+        self._rejected = metrics.sink_rejected
+        self._retries = metrics.sink_retries
+        self._latency = metrics.sink_requests
+        self._sent_bytes = metrics.sink_sent_bytes.labels(sink=name)
+        self._in_flight_gauge = metrics.sink_in_flight_bytes.labels(sink=name)
+
+    async def start(self) -> None:
+        if not self._delivery.tls.verify:
+            log.warning("%s: TLS certificate verification is off (tls.verify: false)", self.name)
+        self._open_client()
+        self._batcher.start()
+
+    async def drain(self) -> None:
+        await self._batcher.drain()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+        self._dead_letters.close()
+        await self._close_client()
+
+    def _open_client(self) -> None:
+        raise NotImplementedError
+
+    async def _close_client(self) -> None:
+        raise NotImplementedError
+
+    async def _send(self, items: list) -> None:
+        raise NotImplementedError
+
+    def _count_bytes(self, change: int) -> None:
+        self.buffered_bytes += change
+        self._in_flight_gauge.set(self.buffered_bytes)
+
+    def _observe(self, started: float, outcome: str) -> None:
+        self._latency.labels(sink=self.name, outcome=outcome).observe(time.monotonic() - started)

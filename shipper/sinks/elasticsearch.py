@@ -29,7 +29,7 @@ from elasticsearch import ApiError, AsyncElasticsearch
 from shipper.acks import AckRange
 from shipper.metrics import Metrics
 from shipper.sinks import Source
-from shipper.sinks.delivery import Backoff, Batcher, DeadLetterFile, PendingAck
+from shipper.sinks.delivery import Backoff, BatchingSink, PendingAck
 from shipper.sinks.elasticsearch_options import ElasticsearchOptions, file_index_template, render_index
 
 log = logging.getLogger("shipper.sinks.elasticsearch")
@@ -42,42 +42,22 @@ _ALL_SUCCEEDED = b'{"errors":false'  # how an answer under FILTER_PATH starts wh
 DISCOVERY_HEADERS = {"accept": "application/vnd.elasticsearch+json; compatible-with=8"}
 
 
-class ElasticsearchSink:
+class ElasticsearchSink(BatchingSink):
     def __init__(self, name: str, options: ElasticsearchOptions, metrics: Metrics, node_name: str = "") -> None:
-        self.name = name
+        super().__init__(name, options.delivery, metrics)
         self.options = options
         self._node_name = node_name
-        self._delivery = delivery = options.delivery
         self._client: AsyncElasticsearch | None = None
         self._headers: dict[str, str] | None = None  # set by version discovery
         self._discovery_lock = asyncio.Lock()
-        self._dead_letters = DeadLetterFile(delivery.dead_letter_path, name)
-        self._batcher = Batcher(delivery.batch, delivery.max_in_flight_requests, self._send, self._count_bytes)
-        self.buffered_bytes = 0
         self._files: dict[str, tuple[bytes, str]] = {}  # source key -> (file id, index template)
         self._action_starts: dict[tuple[str, str], bytes] = {}  # (index template, hour) -> bytes
-        self._delivered = metrics.sink_records.labels(sink=name)
         self._replayed = metrics.sink_replayed.labels(sink=name)
-        self._rejected = metrics.sink_rejected
-        self._retries = metrics.sink_retries
-        self._latency = metrics.sink_requests
-        self._sent_bytes = metrics.sink_sent_bytes.labels(sink=name)
-        self._in_flight_gauge = metrics.sink_in_flight_bytes.labels(sink=name)
 
-    # ---- lifecycle -------------------------------------------------------------------------
-
-    async def start(self) -> None:
-        if not self._delivery.tls.verify:
-            log.warning("%s: TLS certificate verification is off (tls.verify: false)", self.name)
+    def _open_client(self) -> None:
         self._client = AsyncElasticsearch(list(self._delivery.endpoints), **client_options(self.options))
-        self._batcher.start()
 
-    async def drain(self) -> None:
-        await self._batcher.drain()
-
-    async def close(self) -> None:
-        await self._batcher.close()
-        self._dead_letters.close()
+    async def _close_client(self) -> None:
         if self._client is not None:
             await self._client.close()
 
@@ -121,10 +101,6 @@ class ElasticsearchSink:
         index = render_index(template, hour)
         start = self._action_starts[template, hour] = b'{"create":{"_index":"%s","_id":"' % index.encode()
         return start
-
-    def _count_bytes(self, change: int) -> None:
-        self.buffered_bytes += change
-        self._in_flight_gauge.set(self.buffered_bytes)
 
     # ---- delivery (sender tasks) ----------------------------------------------------------
 
@@ -321,9 +297,6 @@ class ElasticsearchSink:
             log.info("%s: Elasticsearch %s", self.name, number)
             self._headers = bulk_headers(major)
             return self._headers
-
-    def _observe(self, started: float, outcome: str) -> None:
-        self._latency.labels(sink=self.name, outcome=outcome).observe(time.monotonic() - started)
 
 
 class _EncodedNdjson(NdjsonSerializer):

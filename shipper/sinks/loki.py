@@ -26,7 +26,7 @@ import orjson
 from shipper.acks import AckRange
 from shipper.metrics import Metrics
 from shipper.sinks import Source
-from shipper.sinks.delivery import Backoff, Batcher, DeadLetterFile, PendingAck
+from shipper.sinks.delivery import Backoff, BatchingSink, PendingAck
 from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body, to_epoch_ns, utc_second_ns
 from shipper.sinks.loki_labels import StreamLabeler
 from shipper.sinks.loki_options import PUSH_PATH, LokiOptions
@@ -42,49 +42,23 @@ _MESSAGE_MAX = 300  # characters of Loki's answer kept in a log line
 _FRACTION_SCALE = [10 ** (9 - digits) for digits in range(10)]
 
 
-class LokiSink:
+class LokiSink(BatchingSink):
     def __init__(self, name: str, options: LokiOptions, metrics: Metrics) -> None:
-        self.name = name
+        super().__init__(name, options.delivery, metrics)
         self.options = options
-        self._delivery = delivery = options.delivery
-        self._push_urls = [_push_url(endpoint) for endpoint in delivery.endpoints]
-        self._headers = _headers(options)
+        self._push_urls = [push_url(endpoint) for endpoint in options.delivery.endpoints]
+        self._headers = push_headers(options)
         self._client: httpx.AsyncClient | None = None
         self._labeler = StreamLabeler(options, self._label_capped)
-        self._dead_letters = DeadLetterFile(delivery.dead_letter_path, name)
-        self._batcher = Batcher(delivery.batch, delivery.max_in_flight_requests, self._send, self._count_bytes)
-        self.buffered_bytes = 0  # what the accepted, undelivered entries hold in memory (estimated)
         self._chunks = 0  # numbers the chunks accepted
         self._pending: dict[int, PendingAck] = {}  # chunk number -> its pending ack
-        self._delivered = metrics.sink_records.labels(sink=name)
-        self._rejected = metrics.sink_rejected
-        self._retries = metrics.sink_retries
-        self._latency = metrics.sink_requests
-        self._sent_bytes = metrics.sink_sent_bytes.labels(sink=name)
-        self._in_flight_gauge = metrics.sink_in_flight_bytes.labels(sink=name)
         self._streams_gauge = metrics.loki_streams.labels(sink=name)
         self._capped = metrics.loki_label_values_capped
 
-    # ---- lifecycle -------------------------------------------------------------------------
+    def _open_client(self) -> None:
+        self._client = push_client(self._delivery, self._push_urls)
 
-    async def start(self) -> None:
-        delivery = self._delivery
-        auth = delivery.auth
-        self._client = httpx.AsyncClient(
-            timeout=delivery.request_timeout_secs,
-            # Plain http needs no TLS context (loading the CA bundle costs 20 ms).
-            verify=_tls_context(delivery.tls) if any(url.startswith("https:") for url in self._push_urls) else False,
-            auth=httpx.BasicAuth(auth.user, auth.password) if auth.user else None,
-            limits=httpx.Limits(max_connections=delivery.max_in_flight_requests),
-        )
-        self._batcher.start()
-
-    async def drain(self) -> None:
-        await self._batcher.drain()
-
-    async def close(self) -> None:
-        await self._batcher.close()
-        self._dead_letters.close()
+    async def _close_client(self) -> None:
         if self._client is not None:
             await self._client.aclose()
 
@@ -153,10 +127,6 @@ class LokiSink:
                 start = stop
         # What the entries hold in memory besides their lines, until their push is answered.
         self._count_bytes(_ENTRY_OBJECT_BYTES * total)
-
-    def _count_bytes(self, change: int) -> None:
-        self.buffered_bytes += change
-        self._in_flight_gauge.set(self.buffered_bytes)
 
     def _label_capped(self, label: str) -> None:
         self._capped.labels(sink=self.name, label=label).inc()
@@ -306,9 +276,6 @@ class LokiSink:
         for chunk, count in counts.items():
             self._done(chunk, count)
 
-    def _observe(self, started: float, outcome: str) -> None:
-        self._latency.labels(sink=self.name, outcome=outcome).observe(time.monotonic() - started)
-
 
 def _entry_time(record: dict) -> int:
     """The runtime's time to the nanosecond in any RFC3339 form, or the record's (read) time
@@ -322,13 +289,13 @@ def _count(streams: list[Entries]) -> int:
     return sum(map(len, streams))
 
 
-def _push_url(endpoint: str) -> str:
+def push_url(endpoint: str) -> str:
     """The push URL of an endpoint given as Loki's base URL or as the push URL itself."""
     endpoint = endpoint.rstrip("/")
     return endpoint if endpoint.endswith(PUSH_PATH) else endpoint + PUSH_PATH
 
 
-def _headers(options: LokiOptions) -> dict[str, str]:
+def push_headers(options: LokiOptions) -> dict[str, str]:
     headers = {"Content-Type": "application/json" if options.encoding == "json" else "application/x-protobuf",
                "User-Agent": "shipper"}
     if options.encoding == "json" and options.delivery.compression == "gzip":
@@ -338,6 +305,18 @@ def _headers(options: LokiOptions) -> dict[str, str]:
     if options.delivery.auth.bearer_token:
         headers["Authorization"] = f"Bearer {options.delivery.auth.bearer_token}"
     return headers
+
+
+def push_client(delivery, push_urls: list[str]) -> httpx.AsyncClient:
+    """The HTTP client for ``push_urls``: the sink's timeout, TLS and basic auth."""
+    auth = delivery.auth
+    return httpx.AsyncClient(
+        timeout=delivery.request_timeout_secs,
+        # Plain http needs no TLS context (loading the CA bundle costs 20 ms).
+        verify=_tls_context(delivery.tls) if any(url.startswith("https:") for url in push_urls) else False,
+        auth=httpx.BasicAuth(auth.user, auth.password) if auth.user else None,
+        limits=httpx.Limits(max_connections=delivery.max_in_flight_requests),
+    )
 
 
 def _tls_context(tls) -> ssl.SSLContext | bool:

@@ -24,7 +24,7 @@ import httpx
 
 from shipper.replay import NotAttempted, Tally
 from shipper.sinks.delivery import Backoff
-from shipper.sinks.loki import _headers, _push_url, _tls_context
+from shipper.sinks.loki import push_client, push_headers, push_url
 from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body
 from shipper.sinks.loki_labels import StreamLabels
 from shipper.sinks.loki_options import LokiOptions
@@ -84,13 +84,8 @@ def letter_target(letter: dict) -> str:
 
 async def send(options: LokiOptions, letters: list[dict], tally: Tally) -> None:
     delivery = options.delivery
-    urls = [_push_url(endpoint) for endpoint in delivery.endpoints]
-    auth = delivery.auth
-    client = httpx.AsyncClient(
-        timeout=delivery.request_timeout_secs,
-        verify=_tls_context(delivery.tls) if any(url.startswith("https:") for url in urls) else False,
-        auth=httpx.BasicAuth(auth.user, auth.password) if auth.user else None,
-    )
+    urls = [push_url(endpoint) for endpoint in delivery.endpoints]
+    client = push_client(delivery, urls)
     replay = _Replay(client, options, urls, letters, tally)
     try:
         for batch in _batches(letters, delivery.batch.max_records, delivery.batch.max_bytes):
@@ -126,7 +121,7 @@ class _Replay:
         self._client = client
         self._options = options
         self._urls = urls
-        self._headers = _headers(options)
+        self._headers = push_headers(options)
         self._letters = letters  # an entry's last field is its letter's position here
         self._tally = tally
 

@@ -22,6 +22,7 @@ from shipper.parse.event_time import rfc3339_to_ms
 
 BAD_SEVERITY = 1
 _KEYWORDS = ("Type", "Operation", "Action", "Result")
+_SEVERITIES = {str(level): level for level in range(11)}  # what KubeArmor writes, as integers
 
 
 def is_kubearmor(parsed: dict) -> bool:
@@ -37,8 +38,9 @@ def normalise(parsed: dict) -> int:
     problems = 0
     get = parsed.get
     severity = get("Severity")
-    if type(severity) is str and severity.isdecimal() and len(severity) < 19:  # "1".."10": the common case
-        parsed["Severity"] = int(severity)
+    value = _SEVERITIES.get(severity) if type(severity) is str else None
+    if value is not None:  # "1".."10": the common case
+        parsed["Severity"] = value
     elif severity is not None and type(severity) is not int:
         value = _as_int(severity)
         if value is None:

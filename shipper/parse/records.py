@@ -28,6 +28,7 @@ shape and get stable types (``kubearmor``, ``falco``).
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from operator import itemgetter
 
 import orjson
 
@@ -129,8 +130,8 @@ class RecordBuilder:
         loads, JSONDecodeError = orjson.loads, orjson.JSONDecodeError
         to_ms = to_timestamp_ms
         reserved = _RESERVED
-        append, append_offset = out.append, offsets.append
-        for offset, time, stream, content, flags in lines:
+        append = out.append
+        for _, time, stream, content, flags in lines:
             if type(content) is bytes:
                 try:
                     message = content.decode()
@@ -203,15 +204,17 @@ class RecordBuilder:
                         else:
                             conflicts += _merge_renaming(record, parsed)
             if record is None:
-                record = {"@timestamp": timestamp, "@timestamp_nanos": time, "stream": stream, "log": message}
-            record["kubernetes"] = kubernetes
+                record = {"@timestamp": timestamp, "@timestamp_nanos": time, "stream": stream, "log": message,
+                          "kubernetes": kubernetes}
+            else:
+                record["kubernetes"] = kubernetes
             if flags:
                 names = flag_names(flags)
                 record["shipper"] = {"flags": names}
                 for name in names:
                     flagged[name] = flagged.get(name, 0) + 1
             append(record)
-            append_offset(offset)
+        offsets.extend(map(itemgetter(0), lines))  # one record per line, in order
         return BuildCounts(flagged, merged, conflicts, kubearmor_events, falco_events)
 
 

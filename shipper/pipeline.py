@@ -474,6 +474,8 @@ class Pipeline:
                     continue
                 if tailed.fd is None and not self._reopen_if_changed(tailed):
                     got = None
+                elif tailed.unchanged_since_quiet_read():  # a file with nothing new costs no thread hop
+                    got = None
                 else:
                     self._open_descriptors.move_to_end(tailed.key)
                     got = await asyncio.to_thread(tailed.read_lines, config.read_chunk_bytes, max_line_bytes,

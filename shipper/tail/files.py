@@ -49,7 +49,7 @@ class TailedFile:
     __slots__ = (
         "path", "target", "fd", "identity", "key", "input", "decoder", "kubernetes", "kubernetes_json",
         "read_offset", "range_start", "acks", "last_data_at", "rotated", "predecessor", "at_eof", "deleted_at",
-        "counted_checkpoint",
+        "counted_checkpoint", "quiet_stat",
         "pod_metadata_version", "pod_known", "excluded", "builder",
     )
 
@@ -73,6 +73,7 @@ class TailedFile:
         self.at_eof = False
         self.deleted_at: float | None = None  # when it was first seen deleted while held open
         self.counted_checkpoint = offset  # how much of acks.checkpoint the pipeline has accounted for
+        self.quiet_stat: tuple | None = None  # (size, mtime) when a read last found nothing to hand out
         # Pod metadata (shipper.kube.enrich): the cache version last merged (-1: never), whether
         # the pod was ever found, whether it is annotated not to be shipped, and the record
         # builder its parser annotation selects (None: the input's).
@@ -91,7 +92,10 @@ class TailedFile:
         newline is extended until one appears; a line longer than ``max_line_bytes`` is
         handed out in pieces rather than stalling the file or growing memory.
         """
-        if self.truncated():
+        # Stat before reading: a write landing after the read then shows as a change.
+        stat = os.fstat(self.fd)
+        self.quiet_stat = None
+        if stat.st_size < self.read_offset or not still_matches(self.fd, self.identity):
             return TRUNCATED
         start = self.read_offset
         data = os.pread(self.fd, chunk_bytes, start)
@@ -105,6 +109,7 @@ class TailedFile:
                 newline += len(data)
             data += more
         if not data:
+            self.quiet_stat = (stat.st_size, stat.st_mtime_ns)
             return None
         if not still_matches(self.fd, self.identity):
             # Truncated and rewritten while we read: ``data`` may be the new content.
@@ -118,14 +123,20 @@ class TailedFile:
             end = start + len(data)
             unterminated = len(data) < max_line_bytes
         else:
+            self.quiet_stat = (stat.st_size, stat.st_mtime_ns)
             return None
         self.read_offset = end
         return lines, start, end, unterminated
 
-    def truncated(self) -> bool:
-        """Truncated in place (copytruncate): shrunk below the read offset, or regrown past it
-        with a different first line."""
-        return self.size() < self.read_offset or not still_matches(self.fd, self.identity)
+    def unchanged_since_quiet_read(self) -> bool:
+        """The file has the size and modification time it had when a read last found nothing to
+        hand out, so reading it again would find nothing either: the pipeline skips the thread
+        hop and three system calls. A rewrite in place to the same size within one clock tick
+        would wait for the next write."""
+        if self.quiet_stat is None or self.fd is None:
+            return False
+        stat = os.fstat(self.fd)
+        return (stat.st_size, stat.st_mtime_ns) == self.quiet_stat
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size if self.fd is not None else os.stat(self.target).st_size

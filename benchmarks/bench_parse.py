@@ -1,15 +1,21 @@
-"""CPU microseconds per line through RecordBuilder.build + orjson.dumps, per message kind.
+"""CPU microseconds per line to parse each message kind into a record, and to encode it.
 
 Decoded lines (as the CRI decoder hands them, one read chunk of 256 KiB at a time, with the
 process's malloc settings) of one kind at a time: plain text, app JSON,
 KubeArmor relay alerts, Falco events, Java stack traces through the multiline joiner
 (per physical line), and hostile JSON (a 1 MiB line, a deep object, an object
-with too many fields). Target: the JSON kinds below 3 us/line on one core.
+with too many fields).
+
+Columns: "parse" is RecordBuilder.build (UTF-8 decode, timestamp, JSON parse, caps,
+KubeArmor/Falco typing, the record); "+ encode" adds what the Elasticsearch sink then does to
+each record (orjson.dumps, one document line each); the Loki sink encodes nothing per record
+with its default lines. "loads" is orjson.loads of the bare message alone, the part of parsing
+no parser change can remove. Target: parse plus encode of the JSON kinds below 3 us/line on
+one core.
 
     python benchmarks/bench_parse.py [--lines 100000] [--repeat 5] [--target-us 3] [--gate]
 
-The "floor" column is orjson.loads + orjson.dumps of the bare message alone, the part no
-parser change can remove. Exits 1 only with --gate and a JSON kind over the target.
+Exits 1 only with --gate and a JSON kind over the target.
 """
 
 import argparse
@@ -72,33 +78,37 @@ def chunks(lines: list[tuple], chunk_bytes: int = Config.read_chunk_bytes) -> li
     return groups + [group] if group else groups
 
 
-def measure(lines: list[tuple], repeat: int, multiline: bool = False) -> float:
+def measure(lines: list[tuple], repeat: int, multiline: bool = False) -> tuple[float, float]:
+    """The best of ``repeat`` runs: (parse us/line, parse + encode us/line)."""
     builder, dumps, newline = RecordBuilder(JsonOptions()), orjson.dumps, orjson.OPT_APPEND_NEWLINE
     best = None
     for _ in range(repeat):
         joiner = MultilineJoiner(MultilineRule(("*",), PRESETS["java"], starts=False)) if multiline else None
-        cpu = time.process_time()
+        parse = encode = 0.0
         for decoded in chunks(lines):
             records, offsets = [], []
+            cpu = time.process_time()
             if joiner is not None:
                 grouped: list = []
                 joiner.feed(decoded, grouped)
                 decoded = grouped
             builder.build(decoded, KUBE, records, offsets)
+            built = time.process_time()
             b"".join([dumps(record, option=newline) for record in records])
-        us = (time.process_time() - cpu) / len(lines) * 1e6
-        best = us if best is None else min(best, us)
+            parse, encode = parse + built - cpu, encode + time.process_time() - built
+        us = (parse / len(lines) * 1e6, (parse + encode) / len(lines) * 1e6)
+        best = us if best is None or us[1] < best[1] else best
     return best
 
 
-def floor(lines: list[tuple], repeat: int) -> float:
-    loads, dumps = orjson.loads, orjson.dumps
+def loads_alone(lines: list[tuple], repeat: int) -> float:
+    loads = orjson.loads
     best = None
     for _ in range(repeat):
         cpu = time.process_time()
         for line in lines:
             try:
-                dumps(loads(line[3]))
+                loads(line[3])
             except orjson.JSONDecodeError:
                 pass
         us = (time.process_time() - cpu) / len(lines) * 1e6
@@ -119,15 +129,15 @@ def main() -> int:
                         ("Falco", args.lines), ("multiline", args.lines), ("1 MiB JSON", 20), ("too deep", args.lines // 10),
                         ("too many fields", 200)]:
         lines = lines_of(kind, count)
-        us = measure(lines, args.repeat, multiline=kind == "multiline")
-        base = floor(lines, args.repeat)
+        parse, total = measure(lines, args.repeat, multiline=kind == "multiline")
+        base = loads_alone(lines, args.repeat)
         gated = kind in ("app JSON", "KubeArmor", "Falco")
         note = ""
         if gated:
-            ok = us <= args.target_us
+            ok = total <= args.target_us
             failed |= not ok
             note = f"  (target <= {args.target_us}: {'ok' if ok else 'OVER'})"
-        print(f"{kind:16s} {us:10.2f} CPU us/line   floor {base:10.2f}{note}")
+        print(f"{kind:16s} parse {parse:9.2f}  + encode {total:9.2f} CPU us/line   loads {base:9.2f}{note}")
     print("OVER target" if failed else "PASS")
     return 1 if failed and args.gate else 0
 

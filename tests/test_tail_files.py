@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+
 from shipper.tail.files import TRUNCATED, TailedFile
 from shipper.tail.identity import identify
 
@@ -17,9 +19,13 @@ def read(tailed: TailedFile):
     return tailed.read_lines(CHUNK, MAX_LINE, False)
 
 
-def test_a_file_read_to_its_end_is_skipped_until_a_write_then_read(tmp_path):
+@pytest.mark.parametrize("content, appended, lines", [
+    (b"first\n", b"second\n", [b"second"]),  # read to its end, then written to
+    (b"first\nhalf", b" done\n", [b"half done"]),  # 'half' waited for its newline
+])
+def test_a_quiet_file_is_skipped_until_written_to_then_read(tmp_path, content, appended, lines):
     path = tmp_path / "a.log"
-    path.write_bytes(b"first\n")
+    path.write_bytes(content)
     tailed = open_tailed(path)
     try:
         assert not tailed.unchanged_since_quiet_read()  # never read: read it
@@ -28,25 +34,9 @@ def test_a_file_read_to_its_end_is_skipped_until_a_write_then_read(tmp_path):
         assert read(tailed) is None
         assert tailed.unchanged_since_quiet_read()  # nothing new and unchanged: no read needed
         with open(path, "ab") as handle:
-            handle.write(b"second\n")
+            handle.write(appended)
         assert not tailed.unchanged_since_quiet_read()
-        assert read(tailed)[0] == [b"second"]
-    finally:
-        tailed.close()
-
-
-def test_a_line_waiting_for_its_newline_is_read_again_once_the_newline_lands(tmp_path):
-    path = tmp_path / "a.log"
-    path.write_bytes(b"first\nhalf")
-    tailed = open_tailed(path)
-    try:
-        assert read(tailed)[0] == [b"first"]
-        assert read(tailed) is None  # 'half' waits for its newline
-        assert tailed.unchanged_since_quiet_read()
-        with open(path, "ab") as handle:
-            handle.write(b" done\n")
-        assert not tailed.unchanged_since_quiet_read()
-        assert read(tailed)[0] == [b"half done"]
+        assert read(tailed)[0] == lines
     finally:
         tailed.close()
 

@@ -25,12 +25,17 @@ from itertools import repeat
 import cramjam
 import orjson
 
-from shipper.sinks.loki_push_pb2 import LabelPairAdapter, PushRequest
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from shipper.sinks.loki_push_pb2 import EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter
 
 _seconds_cache: dict[str, int | None] = {}
 # containerd's form, 'YYYY-MM-DDTHH:MM:SS' of a '...Z' time -> epoch ns: the sink's fast path.
 utc_second_ns: dict[str, int] = {}
 _MAX_CACHED_SECONDS = 100000
+# A StreamAdapter's entries field holding one entry whose timestamp is present (and zero):
+# repeated n times, it parses into n entries for ``protobuf_body`` to fill in.
+_ENTRY_WITH_TIMESTAMP = StreamAdapter(entries=[EntryAdapter(timestamp=Timestamp())]).SerializeToString()
 
 
 class Entries:
@@ -144,15 +149,22 @@ def protobuf_body(streams: list[Entries]) -> tuple[bytes, bytes]:
     request = PushRequest()
     add_stream = request.streams.add
     for stream in streams:
-        add_entry = add_stream(labels=stream.labels.text).entries.add
-        metadata = repeat((), len(stream)) if stream.metadata is None else stream.metadata
-        for ts_ns, line, pairs in zip(stream.times, stream.lines, metadata):
-            entry = add_entry()
+        message = add_stream(labels=stream.labels.text)
+        # All the stream's entries at once, each with its timestamp present, parsed by the
+        # library from its own serialisation: no Python wrapper per added entry or per timestamp
+        # stub (whose arenas made upb call malloc_trim, which handed warm pages back to the kernel).
+        message.MergeFromString(_ENTRY_WITH_TIMESTAMP * len(stream))
+        entries = message.entries
+        for entry, (seconds, nanos), line in zip(entries, map(divmod, stream.times, repeat(1_000_000_000)),
+                                                 stream.lines):
             entry.line = line  # an attribute set, not a keyword: measured 0.06 us less per entry
             timestamp = entry.timestamp
-            timestamp.seconds, timestamp.nanos = divmod(ts_ns, 1_000_000_000)
-            if pairs:
-                entry.structuredMetadata.extend(LabelPairAdapter(name=n, value=v) for n, v in pairs)
+            timestamp.seconds = seconds
+            timestamp.nanos = nanos
+        if stream.metadata is not None:
+            for entry, pairs in zip(entries, stream.metadata):
+                if pairs:
+                    entry.structuredMetadata.extend(LabelPairAdapter(name=n, value=v) for n, v in pairs)
     raw = request.SerializeToString()
     return cramjam.snappy.compress_raw(raw).read(), raw
 

@@ -27,7 +27,7 @@ import orjson
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from shipper.sinks.loki_push_pb2 import EntryAdapter, LabelPairAdapter, PushRequest, StreamAdapter
+from shipper.sinks.loki_push_pb2 import EntryAdapter, PushRequest, StreamAdapter
 
 _seconds_cache: dict[str, int | None] = {}
 # containerd's form, 'YYYY-MM-DDTHH:MM:SS' of a '...Z' time -> epoch ns: the sink's fast path.
@@ -164,7 +164,11 @@ def protobuf_body(streams: list[Entries]) -> tuple[bytes, bytes]:
         if stream.metadata is not None:
             for entry, pairs in zip(entries, stream.metadata):
                 if pairs:
-                    entry.structuredMetadata.extend(LabelPairAdapter(name=n, value=v) for n, v in pairs)
+                    # Added in the entry's arena: a LabelPairAdapter of its own would be copied in
+                    # and its arena freed, and upb trims the whole heap every 10000 such frees.
+                    add_pair = entry.structuredMetadata.add
+                    for name, value in pairs:
+                        add_pair(name=name, value=value)
     raw = request.SerializeToString()
     return cramjam.snappy.compress_raw(raw).read(), raw
 

@@ -149,7 +149,8 @@ class ProtobufBodies:
     """Protobuf push bodies built in two buffers kept from one push to the next (each as large
     as the largest push so far): as fresh objects, a push's megabyte uncompressed and its
     compressed form were each mapped from the kernel (glibc serves blocks that large with mmap)
-    and faulted in page by page on every push (measured in bench_loki: 0.04 us per entry more)."""
+    and faulted in page by page on every push (measured in bench_loki: 0.04 us per entry more).
+    The body returned is a copy: the next push may be built while this one is in flight."""
 
     def __init__(self) -> None:
         self._raw = bytearray()

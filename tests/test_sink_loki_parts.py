@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shipper.config import ConfigError, parse_config
-from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body, to_epoch_ns
+from shipper.sinks.loki_encoding import (Entries, ProtobufBodies, group_streams, json_body, protobuf_body,
+                                          to_epoch_ns)
 from shipper.sinks.loki_labels import StreamLabeler, StreamLabels, promtail_labels
 from shipper.sinks.loki_options import LokiOptions, unbounded_source
 from shipper.sinks.options import BatchOptions, DeliveryOptions
@@ -111,18 +112,38 @@ def test_groups_of_one_stream_merge_in_time_order_keeping_read_order_for_equal_t
         ('{a="2"}', [(2, "b2", (), 1)])]
 
 
+def pushed_entries(body: bytes) -> list[tuple[str, list[tuple]]]:
+    """A protobuf push body as Loki reads it: per stream, its labels and (ts_ns, line, metadata)."""
+    request = loki_push_pb2.PushRequest.FromString(bytes(cramjam.snappy.decompress_raw(body)))
+    return [(stream.labels, [(e.timestamp.seconds * 1_000_000_000 + e.timestamp.nanos, e.line,
+                              [(p.name, p.value) for p in e.structuredMetadata]) for e in stream.entries])
+            for stream in request.streams]
+
+
 def test_push_bodies_carry_streams_entries_and_structured_metadata():
     entries = [(1795168800_123456789, "one", (), 1), (1795168801_000000000, "", (("k", "v"),), 1)]
     streams = [Entries.from_tuples(Labels('{app="x"}'), entries)]
-    compressed, raw = protobuf_body(streams)
-    assert bytes(cramjam.snappy.decompress_raw(compressed)) == raw
-    request = loki_push_pb2.PushRequest.FromString(raw)
-    (stream,) = request.streams
-    assert stream.labels == '{app="x"}'
-    assert [(e.timestamp.seconds, e.timestamp.nanos, e.line, [(p.name, p.value) for p in e.structuredMetadata])
-            for e in stream.entries] == [(1795168800, 123456789, "one", []), (1795168801, 0, "", [("k", "v")])]
+    body, size = protobuf_body(streams)
+    assert size == len(cramjam.snappy.decompress_raw(body))
+    assert pushed_entries(body) == [
+        ('{app="x"}', [(1795168800_123456789, "one", []), (1795168801_000000000, "", [("k", "v")])])]
     assert orjson.loads(json_body(streams)) == {"streams": [{"stream": {"app": "x"}, "values": [
         ["1795168800123456789", "one"], ["1795168801000000000", "", {"k": "v"}]]}]}
+
+
+def test_push_bodies_built_one_after_another_carry_only_their_own_entries():
+    bodies = ProtobufBodies()  # a sink's: its buffers outlive each push
+    large = [Entries.from_tuples(Labels(f'{{app="{app}"}}'), [(1795168800_000000000 + i, f"{app} line {i} " * 20, (), 1)
+                                                            for i in range(2000)]) for app in ("a", "b")]
+    small = [Entries.from_tuples(Labels('{app="c"}'), [(0, "at the epoch", (), 2), (-1_500_000_000, "before it", (), 2),
+                                                      (1795168800_000000001, "ünïcødé ✓", (("k", "v"),), 2)])]
+    large_body, _ = bodies.build(large)
+    small_body, size = bodies.build(small)
+    assert pushed_entries(small_body) == [('{app="c"}', [(0, "at the epoch", []), (-1_500_000_000, "before it", []),
+                                                         (1795168800_000000001, "ünïcødé ✓", [("k", "v")])])]
+    assert size == len(cramjam.snappy.decompress_raw(small_body))
+    assert [(labels, len(entries)) for labels, entries in pushed_entries(large_body)] == [
+        ('{app="a"}', 2000), ('{app="b"}', 2000)]
 
 
 def loki_sink(extra: str) -> str:

@@ -27,7 +27,8 @@ from shipper.acks import AckRange
 from shipper.metrics import Metrics
 from shipper.sinks import Source
 from shipper.sinks.delivery import Backoff, BatchingSink, PendingAck
-from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body, to_epoch_ns, utc_second_ns
+from shipper.sinks.loki_encoding import (Entries, ProtobufBodies, group_streams, json_body, to_epoch_ns,
+                                          utc_second_ns)
 from shipper.sinks.loki_labels import StreamLabeler
 from shipper.sinks.loki_options import PUSH_PATH, LokiOptions
 from shipper.sinks.loki_rejections import refusals_in_push
@@ -50,6 +51,7 @@ class LokiSink(BatchingSink):
         self._headers = push_headers(options)
         self._client: httpx.AsyncClient | None = None
         self._labeler = StreamLabeler(options, self._label_capped)
+        self._protobuf_bodies = ProtobufBodies()
         self._chunks = 0  # numbers the chunks accepted
         self._pending: dict[int, PendingAck] = {}  # chunk number -> its pending ack
         self._streams_gauge = metrics.loki_streams.labels(sink=name)
@@ -149,9 +151,10 @@ class LokiSink(BatchingSink):
         settles them), False when this call already settled or dead-lettered them."""
         if self.options.encoding == "json":
             raw = json_body(streams)
+            size = len(raw)
             body = gzip.compress(raw, compresslevel=1) if self._delivery.compression == "gzip" else raw
         else:
-            body, raw = protobuf_body(streams)
+            body, size = self._protobuf_bodies.build(streams)
         retry = self._delivery.retry
         backoff = Backoff(retry.initial_backoff_secs, retry.max_backoff_secs)
         attempt = 0
@@ -173,7 +176,7 @@ class LokiSink(BatchingSink):
             status = response.status_code
             self._observe(started, "ok" if status < 300 else f"http_{status}")
             if status < 300:
-                self._sent_bytes.inc(len(raw))
+                self._sent_bytes.inc(size)
                 return True
             text = response.text.strip()
             if status == 429 or status >= 500:
@@ -192,7 +195,7 @@ class LokiSink(BatchingSink):
                 self._retries.labels(sink=self.name, reason=f"http_{status}").inc()
                 await asyncio.sleep(retry.auth_backoff_secs)
                 continue
-            self._sent_bytes.inc(len(raw))
+            self._sent_bytes.inc(size)
             if status == 413 and _count(streams) > 1:
                 # Larger than Loki's grpc_server_max_recv_msg_size: halves until each fits.
                 self._retries.labels(sink=self.name, reason="http_413_split").inc()

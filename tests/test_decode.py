@@ -99,6 +99,7 @@ def test_cri_flush_hands_out_unfinished_partials_flagged():
         (b'{"log":1,"stream":"stdout"}', (0, None, None, b'{"log":1,"stream":"stdout"}', flags.MALFORMED)),
         (b'{"log":"cut', (0, None, None, b'{"log":"cut', flags.MALFORMED)),
         (b'[1,2]', (0, None, None, b'[1,2]', flags.MALFORMED)),
+        (b'{"log":"x\\n","stream":"stdout","time":5}', (0, "5", "stdout", "x", 0)),  # a time not a string
     ],
 )
 def test_docker_line(line, expected):

@@ -82,10 +82,16 @@ def test_docker_arbitrary_lines(lines):
     assert len(offsets) == len(set(offsets))
 
 
+# A docker line's "time" is whatever JSON the file holds: usually the runtime's string.
+int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+times = st.one_of(st.just(T.decode()), st.none(), int64, st.floats(), st.booleans(), st.text(max_size=40),
+                  st.lists(int64, max_size=2), st.dictionaries(st.text(max_size=3), int64, max_size=2))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(messages, max_size=20))
-def test_docker_framed_lines_one_record_each(bodies):
-    lines = [orjson.dumps({"log": body.decode("utf-8", "replace") + "\n", "stream": "stdout",
-                           "time": T.decode()}) for body in bodies]
+@given(st.lists(st.tuples(messages, times), max_size=20))
+def test_docker_framed_lines_one_record_each(items):
+    lines = [orjson.dumps({"log": body.decode("utf-8", "replace") + "\n", "stream": "stdout", "time": time})
+             for body, time in items]
     records, offsets = run(DockerDecoder(1 << 20), lines, JsonOptions())
     assert offsets == line_offsets(lines)

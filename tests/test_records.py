@@ -68,9 +68,11 @@ def test_timestamps_are_utc_milliseconds_and_bad_ones_fall_back_to_now():
     record, _ = build(b"x", time="2024-05-01T10:00:00.987654321+02:00")
     assert record["@timestamp"] == "2024-05-01T08:00:00.987Z"
     assert record["@timestamp_nanos"] == "2024-05-01T10:00:00.987654321+02:00"
-    record, counts = build(b"x", time="2024-99-01T10:00:00+02:00")
-    assert record["shipper"] == {"flags": ["bad_time"]} and counts.flagged == {"bad_time": 1}
-    assert record["@timestamp"].endswith("Z") and len(record["@timestamp"]) == 24
+    for bad in ("2024-99-01T10:00:00+02:00", "5", ""):  # "5": a docker line's numeric time, as text
+        record, counts = build(b"x", time=bad)
+        assert record["shipper"] == {"flags": ["bad_time"]} and counts.flagged == {"bad_time": 1}
+        assert record["@timestamp"].endswith("Z") and len(record["@timestamp"]) == 24
+        assert record["@timestamp_nanos"] == bad
 
 
 def test_malformed_line_keeps_the_raw_text():

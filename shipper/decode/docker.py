@@ -32,6 +32,10 @@ class DockerDecoder:
                 time = entry.get("time")
                 if type(log) is not str or stream not in ("stdout", "stderr"):
                     raise TypeError
+                if time is not None and type(time) is not str:
+                    # Kept as its JSON text: the record builder flags it bad_time, as any time
+                    # it cannot read, and keeps it in @timestamp_nanos.
+                    time = orjson.dumps(time).decode()
             except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
                 append((offset, None, None, raw, MALFORMED))
             else:

@@ -56,6 +56,21 @@ class Tally:
         self.refused.append({**kept, "reason": reason, "status": status, "error": error})
 
 
+def cut_batches(sized: list[tuple], max_records: int, max_bytes: int) -> list[list]:
+    """``(item, size)`` pairs cut into batches of items by count and bytes, as the sinks batch;
+    an item larger than ``max_bytes`` goes alone."""
+    batches, batch, size = [], [], 0
+    for item, item_size in sized:
+        if batch and (len(batch) >= max_records or size + item_size > max_bytes):
+            batches.append(batch)
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        batches.append(batch)
+    return batches
+
+
 @dataclass
 class Unreadable:
     """A line of the dead-letter file that is not a letter this sink type can send."""

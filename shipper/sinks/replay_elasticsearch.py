@@ -19,7 +19,7 @@ import orjson
 from elastic_transport import TransportError
 from elasticsearch import ApiError, AsyncElasticsearch
 
-from shipper.replay import NotAttempted, Tally
+from shipper.replay import NotAttempted, Tally, cut_batches
 from shipper.sinks.delivery import Backoff
 from shipper.sinks.elasticsearch import (
     DISCOVERY_HEADERS,
@@ -66,18 +66,12 @@ async def send(options: ElasticsearchOptions, letters: list[dict], tally: Tally)
 
 def _batches(letters: list[dict], max_records: int, max_bytes: int) -> list[list[tuple[dict, bytes]]]:
     """Letters with their action and document lines, cut by count and bytes."""
-    batches, batch, size = [], [], 0
+    sized = []
     for letter in letters:
         action = orjson.dumps({"create": {"_index": letter["index"], "_id": letter["id"]}})
         lines = b"%s\n%s\n" % (action, orjson.dumps(letter["record"]))
-        if batch and (len(batch) >= max_records or size + len(lines) > max_bytes):
-            batches.append(batch)
-            batch, size = [], 0
-        batch.append((letter, lines))
-        size += len(lines)
-    if batch:
-        batches.append(batch)
-    return batches
+        sized.append(((letter, lines), len(lines)))
+    return cut_batches(sized, max_records, max_bytes)
 
 
 class _Replay:

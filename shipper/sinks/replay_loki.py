@@ -22,7 +22,7 @@ import re
 
 import httpx
 
-from shipper.replay import NotAttempted, Tally
+from shipper.replay import NotAttempted, Tally, cut_batches
 from shipper.sinks.delivery import Backoff
 from shipper.sinks.loki import push_client, push_headers, push_url
 from shipper.sinks.loki_encoding import Entries, group_streams, json_body, protobuf_body
@@ -98,21 +98,15 @@ def _batches(letters: list[dict], max_records: int, max_bytes: int) -> list[list
     """``(labels, entry)`` per letter, cut by count and line bytes; an entry's last field (the
     sink's chunk number) is the letter's position, to find the letter again."""
     labels_of: dict[str, StreamLabels] = {}
-    batches, batch, size = [], [], 0
+    sized = []
     for position, letter in enumerate(letters):
         labels = labels_of.get(letter["stream"])
         if labels is None:
             labels = labels_of[letter["stream"]] = StreamLabels(parse_stream(letter["stream"]))
         metadata = tuple(letter.get("structured_metadata", {}).items())
-        line_bytes = len(letter["line"].encode())
-        if batch and (len(batch) >= max_records or size + line_bytes > max_bytes):
-            batches.append(batch)
-            batch, size = [], 0
-        batch.append((labels, (letter["ts_ns"], letter["line"], metadata, position)))
-        size += line_bytes
-    if batch:
-        batches.append(batch)
-    return batches
+        entry = (letter["ts_ns"], letter["line"], metadata, position)
+        sized.append(((labels, entry), len(letter["line"].encode())))
+    return cut_batches(sized, max_records, max_bytes)
 
 
 class _Replay:
